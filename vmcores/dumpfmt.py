@@ -1,0 +1,444 @@
+"""Convert QEMU's physical ELF dumps into the formats drgn, makedumpfile and gdb read.
+
+QEMU 7.2's ``dump-guest-memory`` (paging=false, ELF) writes physical-address
+PT_LOAD segments, one NT_PRSTATUS note per vCPU and, when the guest loaded
+qemu_fw_cfg with ``-device vmcoreinfo``, the kernel's VMCOREINFO note.  Its
+other formats are not usable here (see shared/testbed-notes.md), so this
+module writes, with the standard library only:
+
+- :func:`write_kdump`: a kdump-compressed file (makedumpfile's "KDUMP   "
+  format, header version 6) that libkdumpfile, hence drgn, opens;
+- :func:`write_classic_elf`: the same ELF with program headers right after the
+  ELF header, the layout makedumpfile expects;
+- :func:`write_kvaddr_elf`: an ELF whose PT_LOAD carry kernel virtual
+  addresses (found by walking the guest's kernel page tables), what gdb needs.
+
+Example::
+
+    dump = read_qemu_elf("vmcore.elf")
+    write_kdump("vmcore.elf", "vmcore.kdump")   # drgn -c vmcore.kdump -s vmlinux
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+EM_X86_64 = 62
+EM_AARCH64 = 183
+MACHINES = {EM_X86_64: "x86_64", EM_AARCH64: "aarch64"}
+PT_LOAD = 1
+PT_NOTE = 4
+ET_CORE = 4
+X86_START_KERNEL_MAP = 0xFFFFFFFF80000000
+ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
+PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
+NOTE_HEADER = struct.Struct("<III")
+
+
+class DumpFormatError(Exception):
+    """The input is not a dump this module can convert; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One physical PT_LOAD: ``size`` bytes at ``paddr``, stored at file ``offset``."""
+
+    paddr: int
+    offset: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.paddr + self.size
+
+
+@dataclass(frozen=True)
+class Note:
+    name: str
+    type: int
+    desc: bytes
+
+
+@dataclass
+class PhysDump:
+    """What :func:`read_qemu_elf` found in a physical ELF dump.
+
+    >>> dump = read_qemu_elf("vmcore.elf")          # doctest: +SKIP
+    >>> dump.machine, dump.page_size, dump.vmcoreinfo["OSRELEASE"]  # doctest: +SKIP
+    ('x86_64', 4096, '6.1.0-56-cloud-amd64')
+    """
+
+    path: Path
+    machine: str
+    segments: list[Segment]
+    notes: list[Note]
+    note_bytes: bytes
+    vmcoreinfo_text: str = ""
+    vmcoreinfo: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def page_size(self) -> int:
+        if "PAGESIZE" not in self.vmcoreinfo:
+            raise DumpFormatError(f"{self.path}: no VMCOREINFO note (guest without "
+                                  "qemu_fw_cfg or QEMU without -device vmcoreinfo)")
+        return int(self.vmcoreinfo["PAGESIZE"])
+
+    @property
+    def nr_cpus(self) -> int:
+        return sum(1 for n in self.notes if n.name == "CORE" and n.type == 1)
+
+
+def read_qemu_elf(path: str | os.PathLike) -> PhysDump:
+    """Parse the headers and notes of a QEMU physical ELF dump (any header order).
+
+    >>> read_qemu_elf("vmcore.elf").segments[0]    # doctest: +SKIP
+    Segment(paddr=0, offset=5432, size=655360)
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header = f.read(ELF_HEADER.size)
+            machine, phoff, phnum = _check_elf_header(path, header)
+            f.seek(phoff)
+            phdrs = [PROGRAM_HEADER.unpack(f.read(PROGRAM_HEADER.size)) for _ in range(phnum)]
+            segments = [Segment(p[4], p[2], p[5]) for p in phdrs if p[0] == PT_LOAD]
+            note_bytes = b"".join(_read_at(f, p[2], p[5]) for p in phdrs if p[0] == PT_NOTE)
+    except OSError as e:
+        raise DumpFormatError(f"{path}: {e.strerror}") from None
+    except struct.error:
+        raise DumpFormatError(f"{path}: truncated program headers") from None
+    notes = parse_notes(note_bytes)
+    text = next((n.desc.rstrip(b"\0").decode("ascii", "replace")
+                 for n in notes if n.name == "VMCOREINFO"), "")
+    return PhysDump(path, machine, sorted(segments, key=lambda s: s.paddr), notes,
+                    note_bytes, text, parse_vmcoreinfo(text))
+
+
+def _check_elf_header(path: Path, header: bytes) -> tuple[str, int, int]:
+    if len(header) < ELF_HEADER.size or header[:4] != b"\x7fELF":
+        raise DumpFormatError(f"{path}: not an ELF file")
+    if header[4] != 2 or header[5] != 1:
+        raise DumpFormatError(f"{path}: not a little-endian ELF64 file")
+    fields = ELF_HEADER.unpack(header)
+    e_type, e_machine, e_phoff, e_phnum = fields[1], fields[2], fields[5], fields[10]
+    if e_type != ET_CORE:
+        raise DumpFormatError(f"{path}: ELF type {e_type} is not a core file")
+    if e_machine not in MACHINES:
+        raise DumpFormatError(f"{path}: unsupported ELF machine {e_machine}")
+    return MACHINES[e_machine], e_phoff, e_phnum
+
+
+def _read_at(f, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise DumpFormatError(f"{f.name}: note segment truncated")
+    return data
+
+
+def parse_notes(data: bytes) -> list[Note]:
+    """Split an ELF note segment into notes; a truncated tail is dropped.
+
+    >>> parse_notes(struct.pack("<III", 5, 2, 9) + b"CORE\\0\\0\\0\\0" + b"hi\\0\\0")
+    [Note(name='CORE', type=9, desc=b'hi')]
+    """
+    notes, pos = [], 0
+    while pos + NOTE_HEADER.size <= len(data):
+        namesz, descsz, ntype = NOTE_HEADER.unpack_from(data, pos)
+        name_at = pos + NOTE_HEADER.size
+        desc_at = name_at + _align4(namesz)
+        end = desc_at + _align4(descsz)
+        if desc_at + descsz > len(data):
+            break
+        name = data[name_at:name_at + namesz].rstrip(b"\0").decode("ascii", "replace")
+        notes.append(Note(name, ntype, data[desc_at:desc_at + descsz]))
+        pos = end
+    return notes
+
+
+def _align4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def parse_vmcoreinfo(text: str) -> dict[str, str]:
+    """VMCOREINFO lines ``KEY=VALUE`` as a dict of strings.
+
+    >>> parse_vmcoreinfo("PAGESIZE=4096\\nSYMBOL(_stext)=ffffffff81000000\\n")
+    {'PAGESIZE': '4096', 'SYMBOL(_stext)': 'ffffffff81000000'}
+    """
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {key: value for key, value in pairs}
+
+
+def vmcoreinfo_int(info: dict[str, str], key: str) -> int:
+    """A VMCOREINFO value as an int: SYMBOL()/KERNELOFFSET are bare hex, NUMBER()
+    is decimal unless written 0x... (arm64's kimage_voffset, PHYS_OFFSET).
+
+    >>> vmcoreinfo_int({"SYMBOL(x)": "ffff0000"}, "SYMBOL(x)")
+    4294901760
+    >>> vmcoreinfo_int({"NUMBER(y)": "-129"}, "NUMBER(y)")
+    -129
+    """
+    try:
+        value = info[key]
+    except KeyError:
+        raise DumpFormatError(f"VMCOREINFO has no {key}") from None
+    if key.startswith("SYMBOL(") or key == "KERNELOFFSET":
+        return int(value, 16)
+    return int(value, 0) if value.lower().startswith(("0x", "-0x")) else int(value)
+
+
+@contextlib.contextmanager
+def mapped(dump: PhysDump) -> Iterator[mmap.mmap]:
+    """The dump file mapped read-only (QEMU writes dumps mode 0400: only reading)."""
+    with open(dump.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if any(s.offset + s.size > size for s in dump.segments):
+            raise DumpFormatError(f"{dump.path}: truncated (a PT_LOAD ends past the file end)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            yield mm
+
+
+def page_ranges(dump: PhysDump) -> list[tuple[int, int, Segment]]:
+    """(first pfn, end pfn, segment) for every PT_LOAD, refusing unaligned ones.
+
+    >>> d = PhysDump(Path("x"), "x86_64", [Segment(0, 4096, 8192)], [], b"", "", {"PAGESIZE": "4096"})
+    >>> page_ranges(d)
+    [(0, 2, Segment(paddr=0, offset=4096, size=8192))]
+    """
+    ps = dump.page_size
+    if any(s.paddr % ps or s.size % ps for s in dump.segments):
+        raise DumpFormatError(f"{dump.path}: a PT_LOAD is not page aligned")
+    return [(s.paddr // ps, s.end // ps, s) for s in dump.segments]
+
+
+# --- kdump-compressed output --------------------------------------------------
+
+KDUMP_SIGNATURE = b"KDUMP   "
+KDUMP_HEADER_VERSION = 6          # the first with 64-bit pfns in the sub header
+DUMP_DH_COMPRESSED_ZLIB = 0x1
+DUMP_LEVEL_EXCLUDE_ZERO = 1
+# struct disk_dump_header for 64-bit targets: the 390-byte new_utsname is
+# followed by 6 bytes of padding so that struct timeval is 8-aligned.
+DISK_DUMP_HEADER = struct.Struct("<8si390s6xqqIiiIIIIIIi")
+# struct kdump_sub_header (64-bit), fields up to max_mapnr_64.
+KDUMP_SUB_HEADER = struct.Struct("<QiiQQQQQQQQQQQ")
+PAGE_DESC = struct.Struct("<QIIQ")
+ZERO_SCAN_CHUNK = 1 << 20
+
+
+def write_kdump(src_elf: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Write ``out`` as a kdump-compressed dump of the QEMU ELF ``src_elf``.
+
+    Pages are zlib-compressed one by one; all-zero pages share one stored zero
+    page, as makedumpfile -d 1 does, so they still read back as zeros.
+
+    >>> write_kdump("vmcore.elf", "vmcore.kdump")   # doctest: +SKIP
+    """
+    dump = read_qemu_elf(src_elf)
+    ranges = page_ranges(dump)
+    ps = dump.page_size
+    max_mapnr = max(end for _, end, _ in ranges)
+    bitmap = pfn_bitmap(ranges, ps)
+    sub_header_blocks, sub_header = kdump_sub_header(dump, max_mapnr)
+    bitmap_blocks = 2 * len(bitmap) // ps
+    desc_at = (1 + sub_header_blocks + bitmap_blocks) * ps
+    npages = sum(end - start for start, end, _ in ranges)
+    with mapped(dump) as mm, open(out, "wb") as f:
+        f.write(kdump_header(dump, mm, max_mapnr, sub_header_blocks, bitmap_blocks))
+        f.seek(ps)
+        f.write(sub_header)
+        f.seek((1 + sub_header_blocks) * ps)
+        f.write(bitmap)
+        f.write(bitmap)
+        descs = write_kdump_pages(mm, ranges, ps, f, desc_at + npages * PAGE_DESC.size)
+        f.seek(desc_at)
+        f.write(descs)
+
+
+def pfn_bitmap(ranges: list[tuple[int, int, Segment]], page_size: int) -> bytearray:
+    """One kdump page bitmap (bit pfn%8 of byte pfn//8), padded to whole blocks.
+
+    >>> pfn_bitmap([(1, 10, None)], 8)
+    bytearray(b'\\xfe\\x03\\x00\\x00\\x00\\x00\\x00\\x00')
+    """
+    max_mapnr = max(end for _, end, _ in ranges)
+    nbytes = -(-max_mapnr // 8)
+    bitmap = bytearray(-(-nbytes // page_size) * page_size)
+    for start, end, _ in ranges:
+        _set_bits(bitmap, start, end)
+    return bitmap
+
+
+def _set_bits(bitmap: bytearray, start: int, end: int) -> None:
+    # Whole bytes are filled with one slice assignment: a 1 GiB range is
+    # 32768 bytes of 0xff, not 262144 Python operations.
+    head_end = min(end, -(-start // 8) * 8)
+    tail_start = max(head_end, end // 8 * 8)
+    for pfn in (*range(start, head_end), *range(tail_start, end)):
+        bitmap[pfn // 8] |= 1 << (pfn % 8)
+    if tail_start > head_end:
+        bitmap[head_end // 8:tail_start // 8] = b"\xff" * ((tail_start - head_end) // 8)
+
+
+def kdump_sub_header(dump: PhysDump, max_mapnr: int) -> tuple[int, bytes]:
+    """(size in blocks, bytes) of the kdump sub header, VMCOREINFO text and ELF notes.
+
+    libkdumpfile takes VMCOREINFO from the notes for header version >= 4 and
+    the architecture's registers from the NT_PRSTATUS notes.
+    """
+    ps = dump.page_size
+    vmcoreinfo = dump.vmcoreinfo_text.encode()
+    vmcoreinfo_at = ps + KDUMP_SUB_HEADER.size
+    note_at = vmcoreinfo_at + len(vmcoreinfo)
+    fixed = KDUMP_SUB_HEADER.pack(
+        _phys_base(dump), DUMP_LEVEL_EXCLUDE_ZERO, 0, 0, max_mapnr,
+        vmcoreinfo_at, len(vmcoreinfo), note_at, len(dump.note_bytes), 0, 0,
+        0, max_mapnr, max_mapnr)
+    body = fixed + vmcoreinfo + dump.note_bytes
+    return -(-len(body) // ps), body
+
+
+def _phys_base(dump: PhysDump) -> int:
+    # makedumpfile stores phys_base (x86_64) or PHYS_OFFSET (arm64) here.
+    for key in ("NUMBER(phys_base)", "NUMBER(PHYS_OFFSET)"):
+        if key in dump.vmcoreinfo:
+            return vmcoreinfo_int(dump.vmcoreinfo, key) & (2**64 - 1)
+    return 0
+
+
+def kdump_header(dump: PhysDump, mm: mmap.mmap, max_mapnr: int, sub_header_blocks: int,
+                 bitmap_blocks: int) -> bytes:
+    """The disk_dump_header block.
+
+    tv_usec stays 0: libkdumpfile first tries the 32-bit header layout, whose
+    block_size overlaps tv_usec, and must find it implausible.
+    """
+    timestamp = int(os.stat(dump.path).st_mtime)
+    return DISK_DUMP_HEADER.pack(
+        KDUMP_SIGNATURE, KDUMP_HEADER_VERSION, utsname(dump, mm), timestamp, 0,
+        DUMP_DH_COMPRESSED_ZLIB, dump.page_size, sub_header_blocks, bitmap_blocks,
+        min(max_mapnr, 2**32 - 1), 0, 0, 0, 0, dump.nr_cpus)
+
+
+UTS_LEN = 65
+
+
+def utsname(dump: PhysDump, mm: mmap.mmap) -> bytes:
+    """struct new_utsname for the kdump header: the guest's own init_uts_ns
+    when VMCOREINFO locates it, else one built from OSRELEASE and the ELF
+    machine.  libkdumpfile takes the architecture from ``machine`` and ignores
+    a header whose release, version or machine is empty.
+    """
+    own = _init_uts_ns(dump, mm)
+    if own is not None:
+        return own
+    fields = ("Linux", "(none)", dump.vmcoreinfo.get("OSRELEASE", "unknown"), "#1",
+              dump.machine, "(none)")
+    return b"".join(v.encode()[:UTS_LEN - 1].ljust(UTS_LEN, b"\0") for v in fields)
+
+
+def _init_uts_ns(dump: PhysDump, mm: mmap.mmap) -> bytes | None:
+    info = dump.vmcoreinfo
+    if "SYMBOL(init_uts_ns)" not in info or "OFFSET(uts_namespace.name)" not in info:
+        return None
+    name = (vmcoreinfo_int(info, "SYMBOL(init_uts_ns)")
+            + vmcoreinfo_int(info, "OFFSET(uts_namespace.name)"))
+    raw = phys_read(dump, mm, kernel_image_phys(dump, name), 6 * UTS_LEN)
+    release = raw[2 * UTS_LEN:3 * UTS_LEN].split(b"\0")[0].decode("ascii", "replace")
+    return raw if raw and release == info.get("OSRELEASE") else None
+
+
+def kernel_image_phys(dump: PhysDump, vaddr: int) -> int:
+    """Physical address of a kernel-image (symbol) address, without page tables.
+
+    x86_64 maps the image at __START_KERNEL_map + phys_base; arm64 at
+    kimage_voffset above its physical load address.
+    """
+    info = dump.vmcoreinfo
+    if dump.machine == "x86_64":
+        return vaddr - X86_START_KERNEL_MAP + vmcoreinfo_int(info, "NUMBER(phys_base)")
+    return (vaddr - vmcoreinfo_int(info, "NUMBER(kimage_voffset)")) & (2**64 - 1)
+
+
+def phys_read(dump: PhysDump, mm: mmap.mmap, paddr: int, size: int) -> bytes:
+    """``size`` bytes at ``paddr`` if one PT_LOAD holds them all, else b"".
+
+    >>> d = PhysDump(Path("x"), "x86_64", [Segment(0x1000, 0, 4)], [], b"", "", {})
+    >>> phys_read(d, b"abcd", 0x1001, 2), phys_read(d, b"abcd", 0x1003, 2)
+    (b'bc', b'')
+    """
+    for seg in dump.segments:
+        if seg.paddr <= paddr and paddr + size <= seg.end:
+            at = seg.offset + paddr - seg.paddr
+            return bytes(mm[at:at + size])
+    return b""
+
+
+def write_kdump_pages(mm: mmap.mmap, ranges, page_size: int, f, data_at: int) -> bytearray:
+    """Write page data from ``data_at`` on; return the page descriptor array."""
+    zero_page = bytes(page_size)
+    f.seek(data_at)
+    zero_desc = _store_page(f, zero_page, data_at)
+    offset = data_at + zero_desc[1]
+    descs = bytearray()
+    for _, _, seg in ranges:
+        for page_at, is_zero in _pages(mm, seg, page_size):
+            if is_zero:
+                descs += PAGE_DESC.pack(*zero_desc)
+                continue
+            desc = _store_page(f, mm[page_at:page_at + page_size], offset)
+            descs += PAGE_DESC.pack(*desc)
+            offset += desc[1]
+    return descs
+
+
+def _store_page(f, page: bytes, offset: int) -> tuple[int, int, int, int]:
+    # makedumpfile keeps a page uncompressed when zlib does not shrink it.
+    packed = zlib.compress(page, 1)
+    if len(packed) < len(page):
+        f.write(packed)
+        return offset, len(packed), DUMP_DH_COMPRESSED_ZLIB, 0
+    f.write(page)
+    return offset, len(page), 0, 0
+
+
+def _pages(mm: mmap.mmap, seg: Segment, page_size: int) -> Iterator[tuple[int, bool]]:
+    """(file offset, all zero?) for each page of ``seg``, testing 1 MiB at a time
+    first so that the mostly-empty RAM of a fresh guest costs little."""
+    zero_chunk = bytes(ZERO_SCAN_CHUNK)
+    zero_page = zero_chunk[:page_size]
+    for chunk_at in range(seg.offset, seg.offset + seg.size, ZERO_SCAN_CHUNK):
+        chunk_end = min(chunk_at + ZERO_SCAN_CHUNK, seg.offset + seg.size)
+        all_zero = mm[chunk_at:chunk_end] == zero_chunk[:chunk_end - chunk_at]
+        for page_at in range(chunk_at, chunk_end, page_size):
+            yield page_at, all_zero or mm[page_at:page_at + page_size] == zero_page
+
+
+def main(argv: list[str]) -> int:
+    """``python -m vmcores.dumpfmt {kdump,classic,kvaddr} SRC OUT``"""
+    writers = {"kdump": write_kdump}
+    if len(argv) != 3 or argv[0] not in writers:
+        print(f"usage: python -m vmcores.dumpfmt {{{','.join(writers)}}} SRC OUT", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        writers[argv[0]](argv[1], argv[2])
+    except DumpFormatError as e:
+        print(f"dumpfmt: {e}", file=sys.stderr)
+        return 1
+    print(f"{argv[2]}: written in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
