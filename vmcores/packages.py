@@ -1,0 +1,376 @@
+"""Debian packages for the test bed: cloud kernels (image, debug vmlinux,
+a handful of modules) and busybox-static, fetched with ``apt-get download``.
+
+Each (suites, architecture) pair gets a private apt state inside the cache,
+so the machine's own apt configuration is never read for sources nor edited.
+
+Example:
+    >>> k = fetch_kernel("x86_64", "6.1")            # doctest: +SKIP
+    >>> k.abi, k.image.name, k.vmlinux.name          # doctest: +SKIP
+    ('6.1.0-56-cloud-amd64', 'vmlinuz', 'vmlinux')
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEBIAN = "http://deb.debian.org/debian"
+SECURITY = "http://deb.debian.org/debian-security"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+LISTS_MAX_AGE_S = 12 * 3600
+
+DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
+
+# (arch, series) -> (apt sources, regex of the ABI part of the package name).
+# arm64 5.10 uses bullseye main only: bullseye-security's newer arm64 5.10
+# packages are missing from the mirror (testbed-notes).
+SERIES = {
+    ("x86_64", "5.10"): ([(DEBIAN, "bullseye"), (SECURITY, "bullseye-security")], r"5\.10\.0-\d+"),
+    ("x86_64", "6.1"): ([(DEBIAN, "bookworm"), (SECURITY, "bookworm-security")], r"6\.1\.0-\d+"),
+    ("x86_64", "6.12"): ([(DEBIAN, "bookworm"), (SECURITY, "bookworm-security")], r"6\.12\.\d+\+deb12"),
+    ("arm64", "5.10"): ([(DEBIAN, "bullseye")], r"5\.10\.0-\d+"),
+    ("arm64", "6.1"): ([(DEBIAN, "bookworm"), (SECURITY, "bookworm-security")], r"6\.1\.0-\d+"),
+}
+
+# Kernel symbols whose link-time address the bed needs (KASLR offset, orphan patch).
+SYMBOLS = ("_stext", "unregister_memory_block_under_nodes")
+
+
+def cache_root() -> Path:
+    """Root of every cached artefact: ``$DRGN_HOTPLUG_CACHE`` or ``~/.cache/drgn-hotplug``.
+
+    >>> str(cache_root()).endswith("drgn-hotplug") or "DRGN_HOTPLUG_CACHE" in os.environ
+    True
+    """
+    env = os.environ.get("DRGN_HOTPLUG_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "drgn-hotplug"
+
+
+class PackageError(RuntimeError):
+    """A package could not be resolved, downloaded or unpacked."""
+
+
+class AptRoot:
+    """A private apt state (sources, lists, pkgcache) for some suites of one architecture.
+
+    >>> AptRoot([(DEBIAN, "bookworm")], "arm64").dir.name      # doctest: +SKIP
+    'bookworm-arm64'
+    """
+
+    def __init__(self, sources: list[tuple[str, str]], deb_arch: str):
+        self.sources = sources
+        self.deb_arch = deb_arch
+        self.dir = cache_root() / "apt" / ("+".join(s for _, s in sources) + "-" + deb_arch)
+
+    def options(self) -> list[str]:
+        d = self.dir
+        return [
+            "-o", f"Dir::Etc::sourcelist={d / 'sources.list'}",
+            "-o", "Dir::Etc::sourceparts=/dev/null",
+            "-o", f"Dir::State::Lists={d / 'lists'}",
+            "-o", f"Dir::Cache={d / 'cache'}",
+            "-o", f"APT::Architectures::={self.deb_arch}",
+            "-o", f"APT::Architecture={self.deb_arch}",
+            # The private state is ours alone: apt's system-wide lock is not needed.
+            "-o", "Debug::NoLocking=1",
+        ]
+
+    def ensure_lists(self) -> None:
+        """Run ``apt-get update`` unless this root's lists are recent enough."""
+        stamp = self.dir / "updated"
+        if stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE_S:
+            return
+        for sub in ("lists/partial", "cache/archives/partial"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        lines = [f"deb [signed-by={KEYRING}] {url} {suite} main" for url, suite in self.sources]
+        (self.dir / "sources.list").write_text("\n".join(lines) + "\n")
+        run(["apt-get", *self.options(), "-q", "update"])
+        stamp.touch()
+
+    def pkgnames(self, prefix: str) -> list[str]:
+        return run(["apt-cache", *self.options(), "pkgnames", prefix]).split()
+
+    def version(self, package: str) -> str:
+        out = run(["apt-cache", *self.options(), "show", "--no-all-versions", package])
+        match = re.search(r"^Version: (\S+)", out, re.M)
+        if not match:
+            raise PackageError(f"apt-cache knows no version of {package}")
+        return match.group(1)
+
+    def download(self, package: str, version: str) -> Path:
+        """Download ``package=version`` into the shared package cache (once)."""
+        dest = cache_root() / "packages"
+        dest.mkdir(parents=True, exist_ok=True)
+        deb = dest / f"{package}_{version.split(':')[-1]}_{self.deb_arch}.deb"
+        if deb.exists():
+            return deb
+        tmp = dest / f".dl-{package}-{os.getpid()}"
+        tmp.mkdir(exist_ok=True)
+        try:
+            run(["apt-get", *self.options(), "-q", "download", f"{package}={version}"], cwd=tmp)
+            (got,) = tmp.glob("*.deb")
+            got.rename(deb)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return deb
+
+
+def run(argv: list[str], cwd: Path | None = None) -> str:
+    """Run a command, returning stdout; a failure raises PackageError with its last stderr line."""
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PackageError(f"{' '.join(argv[:1] + argv[-2:])}: {last}")
+    return proc.stdout
+
+
+@dataclass
+class Kernel:
+    """An unpacked kernel: image, config, debug vmlinux and the modules the bed loads."""
+
+    arch: str
+    series: str
+    abi: str
+    version: str
+    dir: Path
+
+    @property
+    def image(self) -> Path:
+        return self.dir / "vmlinuz"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config"
+
+    @property
+    def vmlinux(self) -> Path:
+        return self.dir / "vmlinux"
+
+    @property
+    def modules_dir(self) -> Path:
+        return self.dir / "modules"
+
+    @property
+    def meta(self) -> dict:
+        return json.loads((self.dir / "kernel.json").read_text())
+
+    def modules_in_load_order(self, roots: list[str]) -> list[Path]:
+        """The ``.ko`` files to insmod, dependencies first, for the given root modules.
+
+        >>> [p.name for p in k.modules_in_load_order(["nd_pmem"])]   # doctest: +SKIP
+        ['libnvdimm.ko', 'nd_btt.ko', 'nd_pmem.ko']
+        """
+        deps = self.meta["module_deps"]
+        order: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in order:
+                return
+            if name not in deps:
+                raise PackageError(f"module {name} is not in {self.abi}'s extracted subset")
+            for dep in deps[name]:
+                visit(dep)
+            order.append(name)
+
+        for root in roots:
+            visit(root)
+        return [self.modules_dir / f"{name}.ko" for name in order]
+
+
+# Root modules the bed may load: qemu_fw_cfg hands VMCOREINFO to QEMU; the
+# others make a memmap= pmem range into an fsdax namespace (pmem scenario).
+MODULE_ROOTS = ("qemu_fw_cfg", "nd_e820", "nd_pmem", "dax_pmem")
+
+
+def newest_kernel(arch: str, series: str) -> tuple[AptRoot, list[str]]:
+    """Candidate ABIs of a series, newest first.
+
+    >>> newest_kernel("x86_64", "6.1")[1][0]          # doctest: +SKIP
+    '6.1.0-56-cloud-amd64'
+    """
+    if (arch, series) not in SERIES:
+        raise PackageError(f"no kernel series {series} for {arch}")
+    sources, abi_re = SERIES[(arch, series)]
+    apt = AptRoot(sources, DEB_ARCH[arch])
+    apt.ensure_lists()
+    flavour = f"cloud-{DEB_ARCH[arch]}"
+    pattern = re.compile(rf"linux-image-({abi_re}-{flavour})-unsigned$")
+    abis = [m.group(1) for name in apt.pkgnames("linux-image-") if (m := pattern.match(name))]
+    abis.sort(key=abi_sort_key, reverse=True)
+    return apt, abis
+
+
+def abi_sort_key(abi: str) -> tuple[int, ...]:
+    """Order ABIs numerically: ``6.1.0-9`` < ``6.1.0-56``.
+
+    >>> abi_sort_key("6.12.117+deb12-cloud-amd64") > abi_sort_key("6.12.13+deb12-cloud-amd64")
+    True
+    """
+    return tuple(int(n) for n in re.findall(r"\d+", abi))
+
+
+def resolved_kernel(arch: str, series: str) -> tuple[str, str]:
+    """The (abi, package version) the bed uses now: the newest one already
+    unpacked if the lists are unchanged, else the newest one that downloads.
+
+    Bullseye-security's newest 5.10 ABIs may 404 on the mirror (testbed-notes),
+    hence the fall back to older candidates.
+    """
+    apt, candidates = newest_kernel(arch, series)
+    errors = []
+    for abi in candidates:
+        version = apt.version(f"linux-image-{abi}-unsigned")
+        kdir = cache_root() / "kernels" / f"{abi}-{version}-{arch}"
+        if (kdir / "kernel.json").exists():
+            return abi, version
+        try:
+            unpack_kernel(apt, arch, series, abi, version, kdir)
+            return abi, version
+        except PackageError as err:
+            errors.append(str(err))
+    raise PackageError(f"no {arch} {series} kernel could be fetched: {'; '.join(errors)}")
+
+
+def fetch_kernel(arch: str, series: str) -> Kernel:
+    """Resolve, download (once) and unpack (once) a cloud kernel of a series."""
+    abi, version = resolved_kernel(arch, series)
+    return Kernel(arch, series, abi, version, cache_root() / "kernels" / f"{abi}-{version}-{arch}")
+
+
+def unpack_kernel(apt: AptRoot, arch: str, series: str, abi: str, version: str, kdir: Path) -> None:
+    """Download the image and -dbg packages and extract only what the bed uses into kdir."""
+    image_deb = apt.download(f"linux-image-{abi}-unsigned", version)
+    dbg_deb = apt.download(f"linux-image-{abi}-dbg", version)
+    tmp = kdir.with_name(kdir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "modules").mkdir(parents=True)
+    deps = extract_image_package(image_deb, abi, tmp)
+    extract_vmlinux(dbg_deb, abi, tmp)
+    meta = {"arch": arch, "series": series, "abi": abi, "version": version,
+            "module_deps": deps, "symbols": link_addresses(tmp / "vmlinux", SYMBOLS)}
+    (tmp / "kernel.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(kdir, ignore_errors=True)
+    tmp.rename(kdir)
+
+
+def extract_image_package(deb: Path, abi: str, out: Path) -> dict[str, list[str]]:
+    """Extract vmlinuz, config and the closure of MODULE_ROOTS (decompressed) from an image .deb.
+
+    Debian's packages ship no modules.dep (depmod runs at install time), so the
+    dependencies come from each module's ``.modinfo`` ``depends=``. Returns the
+    dependency map of the extracted modules.
+    """
+    modules: dict[str, bytes] = {}
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as proc:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                name = member.name
+                if name == f"./boot/vmlinuz-{abi}":
+                    write_member(tar, member, out / "vmlinuz")
+                elif name == f"./boot/config-{abi}":
+                    write_member(tar, member, out / "config")
+                elif member.isfile() and re.search(r"\.ko(\.xz)?$", name):
+                    modules[Path(name).name] = tar.extractfile(member).read()
+    if proc.returncode or not (out / "vmlinuz").exists():
+        raise PackageError(f"{deb.name} holds no vmlinuz-{abi}")
+    deps: dict[str, list[str]] = {}
+    pending = [m for m in MODULE_ROOTS if module_blob(modules, m) is not None]
+    while pending:
+        name = pending.pop()
+        if name in deps:
+            continue
+        code = module_blob(modules, name)
+        if code is None:
+            raise PackageError(f"{deb.name}: module {name} missing")
+        (out / "modules" / f"{name}.ko").write_bytes(code)
+        deps[name] = module_depends(code)
+        pending.extend(deps[name])
+    return deps
+
+
+def module_blob(modules: dict[str, bytes], name: str) -> bytes | None:
+    """The uncompressed ``.ko`` of a module (6.12 ships ``.ko.xz``; the kernel's
+    insmod of busybox cannot decompress), or None if the package lacks it."""
+    for fname in (f"{name}.ko", f"{name.replace('_', '-')}.ko"):
+        if fname in modules:
+            return modules[fname]
+        if fname + ".xz" in modules:
+            return lzma.decompress(modules[fname + ".xz"])
+    return None
+
+
+def module_depends(code: bytes) -> list[str]:
+    r"""The ``depends=`` list of a module's .modinfo.
+
+    >>> module_depends(b"\0license=GPL\0depends=libnvdimm,nd_btt\0")
+    ['libnvdimm', 'nd_btt']
+    >>> module_depends(b"\0depends=\0")
+    []
+    """
+    match = re.search(rb"\0depends=([^\0]*)\0", code)
+    return [d for d in match.group(1).decode().split(",") if d] if match else []
+
+
+def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
+    with tar.extractfile(member) as src, open(dest, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+
+
+def extract_vmlinux(deb: Path, abi: str, out: Path) -> None:
+    """Extract only the debug vmlinux from a -dbg package (the rest is ~1 GB of module debug info)."""
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as proc:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                if member.name == f"./usr/lib/debug/boot/vmlinux-{abi}":
+                    write_member(tar, member, out / "vmlinux")
+                    break
+        proc.kill()
+    if not (out / "vmlinux").exists():
+        raise PackageError(f"{deb.name} holds no vmlinux-{abi}")
+
+
+def link_addresses(vmlinux: Path, names: tuple[str, ...]) -> dict[str, int]:
+    """Link-time addresses of some symbols of a vmlinux (absent ones are left out).
+
+    >>> link_addresses(k.vmlinux, ("_stext",))       # doctest: +SKIP
+    {'_stext': 18446744071578845184}
+    """
+    out = run(["readelf", "-sW", str(vmlinux)])
+    found = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] in names and fields[7] not in found:
+            found[fields[7]] = int(fields[1], 16)
+    return found
+
+
+def fetch_busybox(arch: str) -> Path:
+    """The static busybox binary for the guest architecture (from bookworm's busybox-static).
+
+    >>> fetch_busybox("x86_64").name                  # doctest: +SKIP
+    'busybox'
+    """
+    apt = AptRoot([(DEBIAN, "bookworm")], DEB_ARCH[arch])
+    apt.ensure_lists()
+    version = apt.version("busybox-static")
+    dest = cache_root() / "busybox" / f"{version.split(':')[-1]}-{arch}" / "busybox"
+    if not dest.exists():
+        deb = apt.download("busybox-static", version)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as proc:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for member in tar:
+                    if member.name == "./bin/busybox":
+                        write_member(tar, member, dest.with_suffix(".tmp"))
+        dest.with_suffix(".tmp").chmod(0o755)
+        dest.with_suffix(".tmp").rename(dest)
+    return dest
