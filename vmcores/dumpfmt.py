@@ -38,6 +38,7 @@ MACHINES = {EM_X86_64: "x86_64", EM_AARCH64: "aarch64"}
 PT_LOAD = 1
 PT_NOTE = 4
 ET_CORE = 4
+PF_RWX = 7
 X86_START_KERNEL_MAP = 0xFFFFFFFF80000000
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
@@ -424,9 +425,81 @@ def _pages(mm: mmap.mmap, seg: Segment, page_size: int) -> Iterator[tuple[int, b
             yield page_at, all_zero or mm[page_at:page_at + page_size] == zero_page
 
 
+# --- ELF output ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoadSegment:
+    """A PT_LOAD to write: ``size`` bytes of the source file at ``src_offset``."""
+
+    vaddr: int
+    paddr: int
+    src_offset: int
+    size: int
+
+
+def write_classic_elf(src_elf: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Rewrite a QEMU ELF dump with its program headers right after the ELF
+    header and no section headers, the layout makedumpfile reads; zero pages
+    become file holes.
+
+    >>> write_classic_elf("vmcore.elf", "vmcore-classic.elf")   # doctest: +SKIP
+    """
+    dump = read_qemu_elf(src_elf)
+    loads = [LoadSegment(0, s.paddr, s.offset, s.size) for s in dump.segments]
+    with mapped(dump) as mm:
+        write_elf(dump, mm, loads, out)
+
+
+def write_elf(dump: PhysDump, mm: mmap.mmap, loads: list[LoadSegment],
+              out: str | os.PathLike) -> None:
+    """A sparse ELF core: header, program headers, the dump's notes, then
+    each load page-aligned, with all-zero pages left as holes."""
+    ps = dump.page_size
+    phnum = 1 + len(loads)
+    note_at = ELF_HEADER.size + phnum * PROGRAM_HEADER.size
+    data_at = -(-(note_at + len(dump.note_bytes)) // ps) * ps
+    phdrs = [PROGRAM_HEADER.pack(PT_NOTE, 0, note_at, 0, 0, len(dump.note_bytes),
+                                 len(dump.note_bytes), 0)]
+    placed = []
+    for load in loads:
+        placed.append((data_at, load))
+        phdrs.append(PROGRAM_HEADER.pack(PT_LOAD, PF_RWX, data_at, load.vaddr, load.paddr,
+                                         load.size, load.size, 0))
+        data_at += -(-load.size // ps) * ps
+    with open(out, "wb") as f:
+        f.write(elf_header(dump.machine, phnum))
+        f.write(b"".join(phdrs))
+        f.write(dump.note_bytes)
+        for at, load in placed:
+            copy_sparse(mm, load.src_offset, load.size, f, at, ps)
+        f.truncate(data_at)
+
+
+def elf_header(machine: str, phnum: int) -> bytes:
+    e_machine = next(k for k, v in MACHINES.items() if v == machine)
+    ident = b"\x7fELF\x02\x01\x01".ljust(16, b"\0")
+    return ELF_HEADER.pack(ident, ET_CORE, e_machine, 1, 0, ELF_HEADER.size, 0, 0,
+                           ELF_HEADER.size, PROGRAM_HEADER.size, phnum, 0, 0, 0)
+
+
+def copy_sparse(mm: mmap.mmap, src: int, size: int, f, dst: int, page_size: int) -> None:
+    """Copy ``size`` bytes from ``mm[src:]`` to file offset ``dst``, one write
+    per run of non-zero pages and nothing for zero pages."""
+    seg = Segment(0, src, size)
+    run_start = None
+    for page_at, is_zero in _pages(mm, seg, page_size):
+        if run_start is None and not is_zero:
+            run_start = page_at
+        elif run_start is not None and is_zero:
+            os.pwrite(f.fileno(), mm[run_start:page_at], dst + run_start - src)
+            run_start = None
+    if run_start is not None:
+        os.pwrite(f.fileno(), mm[run_start:src + size], dst + run_start - src)
+
+
 def main(argv: list[str]) -> int:
     """``python -m vmcores.dumpfmt {kdump,classic,kvaddr} SRC OUT``"""
-    writers = {"kdump": write_kdump}
+    writers = {"kdump": write_kdump, "classic": write_classic_elf}
     if len(argv) != 3 or argv[0] not in writers:
         print(f"usage: python -m vmcores.dumpfmt {{{','.join(writers)}}} SRC OUT", file=sys.stderr)
         return 2
