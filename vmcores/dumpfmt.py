@@ -39,6 +39,7 @@ PT_LOAD = 1
 PT_NOTE = 4
 ET_CORE = 4
 PF_RWX = 7
+PN_XNUM = 0xFFFF
 X86_START_KERNEL_MAP = 0xFFFFFFFF80000000
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
@@ -428,12 +429,11 @@ def _pages(mm: mmap.mmap, seg: Segment, page_size: int) -> Iterator[tuple[int, b
 # --- ELF output ---------------------------------------------------------------
 
 @dataclass(frozen=True)
-class LoadSegment:
-    """A PT_LOAD to write: ``size`` bytes of the source file at ``src_offset``."""
+class Mapping:
+    """``size`` bytes of physical memory at ``paddr`` seen at virtual ``vaddr``."""
 
     vaddr: int
     paddr: int
-    src_offset: int
     size: int
 
 
@@ -445,34 +445,50 @@ def write_classic_elf(src_elf: str | os.PathLike, out: str | os.PathLike) -> Non
     >>> write_classic_elf("vmcore.elf", "vmcore-classic.elf")   # doctest: +SKIP
     """
     dump = read_qemu_elf(src_elf)
-    loads = [LoadSegment(0, s.paddr, s.offset, s.size) for s in dump.segments]
     with mapped(dump) as mm:
-        write_elf(dump, mm, loads, out)
+        write_elf(dump, mm, [Mapping(0, s.paddr, s.size) for s in dump.segments], out)
 
 
-def write_elf(dump: PhysDump, mm: mmap.mmap, loads: list[LoadSegment],
+def write_elf(dump: PhysDump, mm: mmap.mmap, loads: list[Mapping],
               out: str | os.PathLike) -> None:
-    """A sparse ELF core: header, program headers, the dump's notes, then
-    each load page-aligned, with all-zero pages left as holes."""
+    """A sparse ELF core: header, program headers, the dump's notes, then the
+    physical segments once each, page-aligned, zero pages left as holes.
+    Every PT_LOAD points into that physical image, so memory mapped at several
+    virtual addresses is stored once.  Each load must lie in one segment.
+    """
     ps = dump.page_size
     phnum = 1 + len(loads)
+    if phnum >= PN_XNUM:
+        raise DumpFormatError(f"{dump.path}: {phnum} program headers do not fit in an ELF header")
     note_at = ELF_HEADER.size + phnum * PROGRAM_HEADER.size
-    data_at = -(-(note_at + len(dump.note_bytes)) // ps) * ps
+    placed, data_end = _place_segments(dump.segments, note_at + len(dump.note_bytes), ps)
     phdrs = [PROGRAM_HEADER.pack(PT_NOTE, 0, note_at, 0, 0, len(dump.note_bytes),
                                  len(dump.note_bytes), 0)]
-    placed = []
-    for load in loads:
-        placed.append((data_at, load))
-        phdrs.append(PROGRAM_HEADER.pack(PT_LOAD, PF_RWX, data_at, load.vaddr, load.paddr,
-                                         load.size, load.size, 0))
-        data_at += -(-load.size // ps) * ps
+    phdrs += [PROGRAM_HEADER.pack(PT_LOAD, PF_RWX, _file_offset(placed, m), m.vaddr,
+                                  m.paddr, m.size, m.size, 0) for m in loads]
     with open(out, "wb") as f:
         f.write(elf_header(dump.machine, phnum))
         f.write(b"".join(phdrs))
         f.write(dump.note_bytes)
-        for at, load in placed:
-            copy_sparse(mm, load.src_offset, load.size, f, at, ps)
-        f.truncate(data_at)
+        for at, seg in placed:
+            copy_sparse(mm, seg.offset, seg.size, f, at, ps)
+        f.truncate(data_end)
+
+
+def _place_segments(segments: list[Segment], start: int, page_size: int):
+    """[(output offset, segment)] laid out page-aligned from ``start``, and the end."""
+    placed, at = [], -(-start // page_size) * page_size
+    for seg in segments:
+        placed.append((at, seg))
+        at += -(-seg.size // page_size) * page_size
+    return placed, at
+
+
+def _file_offset(placed: list[tuple[int, Segment]], m: Mapping) -> int:
+    for at, seg in placed:
+        if seg.paddr <= m.paddr and m.paddr + m.size <= seg.end:
+            return at + m.paddr - seg.paddr
+    raise ValueError(f"mapping {m} is not inside one physical segment")
 
 
 def elf_header(machine: str, phnum: int) -> bytes:
@@ -485,9 +501,8 @@ def elf_header(machine: str, phnum: int) -> bytes:
 def copy_sparse(mm: mmap.mmap, src: int, size: int, f, dst: int, page_size: int) -> None:
     """Copy ``size`` bytes from ``mm[src:]`` to file offset ``dst``, one write
     per run of non-zero pages and nothing for zero pages."""
-    seg = Segment(0, src, size)
     run_start = None
-    for page_at, is_zero in _pages(mm, seg, page_size):
+    for page_at, is_zero in _pages(mm, Segment(0, src, size), page_size):
         if run_start is None and not is_zero:
             run_start = page_at
         elif run_start is not None and is_zero:
@@ -497,9 +512,181 @@ def copy_sparse(mm: mmap.mmap, src: int, size: int, f, dst: int, page_size: int)
         os.pwrite(f.fileno(), mm[run_start:src + size], dst + run_start - src)
 
 
+# --- kernel virtual address ELF -------------------------------------------------
+
+def write_kvaddr_elf(src_elf: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Write an ELF core whose PT_LOAD carry the kernel virtual addresses found by
+    walking the guest kernel's own page tables (direct/linear map, kernel image,
+    vmalloc and modules, vmemmap, fixmap), p_paddr the physical address, so
+    that ``gdb vmlinux`` + ``core-file out`` reads kernel memory.
+
+    >>> write_kvaddr_elf("vmcore.elf", "vmcore-kvaddr.elf")   # doctest: +SKIP
+    """
+    dump = read_qemu_elf(src_elf)
+    with mapped(dump) as mm:
+        mappings = clip_to_segments(merge_mappings(kernel_mappings(dump, mm)), dump.segments)
+        write_elf(dump, mm, mappings, out)
+
+
+class PageTables:
+    """How one architecture's kernel page tables are laid out and decoded.
+
+    ``shifts`` are the address shifts of the levels from the root down;
+    ``va_bits`` the width of the kernel half (addresses are sign-extended).
+    """
+
+    shifts: tuple[int, ...]
+    va_bits: int
+    address_mask: int
+
+    def top_indices(self) -> range:
+        raise NotImplementedError
+
+    def kind(self, entry: int, shift: int) -> str:
+        """"leaf", "table" or "none" for one descriptor at the level of ``shift``."""
+        raise NotImplementedError
+
+    def vaddr(self, index_bits: int) -> int:
+        return index_bits | (~0 << self.va_bits) & (2**64 - 1)
+
+
+class X86PageTables(PageTables):
+    """x86_64 4-level (48-bit) or 5-level (57-bit, pgtable_l5_enabled) tables."""
+
+    PRESENT, PSE = 0x1, 0x80
+
+    def __init__(self, five_level: bool, sme_mask: int):
+        self.shifts = (48, 39, 30, 21, 12) if five_level else (39, 30, 21, 12)
+        self.va_bits = self.shifts[0] + 8       # the top index's high bit is the sign
+        self.address_mask = 0x000FFFFFFFFFF000 & ~sme_mask
+
+    def top_indices(self) -> range:
+        return range(256, 512)                  # the upper half is the kernel's
+
+    def kind(self, entry: int, shift: int) -> str:
+        if not entry & self.PRESENT:
+            return "none"
+        if shift == 12 or (shift in (21, 30) and entry & self.PSE):
+            return "leaf"
+        return "table"
+
+    def vaddr(self, index_bits: int) -> int:
+        return index_bits | (~0 << (self.va_bits + 1)) & (2**64 - 1)
+
+
+class Arm64PageTables(PageTables):
+    """arm64 TTBR1 tables with the 4K granule: 3 levels for 39-bit VAs, 4 for 48.
+
+    Descriptor bits[1:0]: 0b11 table (page at the last level), 0b01 block
+    (levels with 1 GiB and 2 MiB shifts only), else invalid.
+    """
+
+    def __init__(self, va_bits: int):
+        if va_bits not in (39, 48):
+            raise DumpFormatError(f"arm64 with {va_bits}-bit kernel VAs and 4K pages "
+                                  "(LPA2, Linux 6.9+) is not supported")
+        self.va_bits = va_bits
+        self.shifts = tuple(range(12 + 9 * ((va_bits - 4) // 9 - 1), 11, -9))
+        self.address_mask = 0x0000FFFFFFFFF000
+
+    def top_indices(self) -> range:
+        return range(1 << (self.va_bits - self.shifts[0]))
+
+    def kind(self, entry: int, shift: int) -> str:
+        low = entry & 3
+        if low == 3:
+            return "leaf" if shift == 12 else "table"
+        if low == 1 and shift in (21, 30):
+            return "leaf"
+        return "none"
+
+
+def page_tables(dump: PhysDump) -> tuple[PageTables, int]:
+    """The architecture's page-table decoder and the physical address of the
+    kernel's root table (init_top_pgt on x86_64, swapper_pg_dir on arm64)."""
+    info = dump.vmcoreinfo
+    if dump.machine == "x86_64":
+        # pgtable_l5_enabled in VMCOREINFO since v4.17 (commit c100a583601d).
+        five = "NUMBER(pgtable_l5_enabled)" in info and vmcoreinfo_int(info, "NUMBER(pgtable_l5_enabled)") == 1
+        sme = vmcoreinfo_int(info, "NUMBER(sme_mask)") if "NUMBER(sme_mask)" in info else 0
+        root = vmcoreinfo_int(info, "SYMBOL(init_top_pgt)")
+        return X86PageTables(five, sme), kernel_image_phys(dump, root)
+    # TCR_EL1_T1SZ (v5.9, commit bbdbc11804ff) is the VA size the kernel runs
+    # with; VA_BITS only the configured maximum.
+    if "NUMBER(TCR_EL1_T1SZ)" in info:
+        va_bits = 64 - vmcoreinfo_int(info, "NUMBER(TCR_EL1_T1SZ)")
+    else:
+        va_bits = vmcoreinfo_int(info, "NUMBER(VA_BITS)")
+    root = vmcoreinfo_int(info, "SYMBOL(swapper_pg_dir)")
+    return Arm64PageTables(va_bits), kernel_image_phys(dump, root)
+
+
+def kernel_mappings(dump: PhysDump, mm: mmap.mmap) -> list[Mapping]:
+    """Every leaf of the kernel half of the guest's page tables, in walk order.
+
+    Each table is walked once: x86's espfix area points hundreds of entries
+    at the same few tables, and repeating those aliases would only multiply
+    segments.  Tables outside the dump are skipped.
+    """
+    tables, root = page_tables(dump)
+    found: list[Mapping] = []
+    seen: set[int] = set()
+
+    def walk(table_pa: int, depth: int, base: int, indices) -> None:
+        raw = phys_read(dump, mm, table_pa, 4096)
+        if not raw or table_pa in seen:
+            return
+        seen.add(table_pa)
+        shift = tables.shifts[depth]
+        entries = struct.unpack("<512Q", raw)
+        for i in indices:
+            entry = entries[i]
+            kind = tables.kind(entry, shift) if entry else "none"
+            if kind == "leaf":
+                size = 1 << shift
+                found.append(Mapping(base | i << shift, entry & tables.address_mask & -size, size))
+            elif kind == "table" and depth + 1 < len(tables.shifts):
+                walk(entry & tables.address_mask, depth + 1, base | i << shift, range(512))
+
+    walk(root, 0, 0, tables.top_indices())
+    return [Mapping(tables.vaddr(m.vaddr), m.paddr, m.size) for m in found]
+
+
+def merge_mappings(mappings: list[Mapping]) -> list[Mapping]:
+    """Sort by virtual address and join neighbours contiguous in both spaces.
+
+    >>> merge_mappings([Mapping(0x2000, 0x5000, 0x1000), Mapping(0x1000, 0x4000, 0x1000)])
+    [Mapping(vaddr=4096, paddr=16384, size=8192)]
+    """
+    merged: list[Mapping] = []
+    for m in sorted(mappings, key=lambda m: m.vaddr):
+        last = merged[-1] if merged else None
+        if last and last.vaddr + last.size == m.vaddr and last.paddr + last.size == m.paddr:
+            merged[-1] = Mapping(last.vaddr, last.paddr, last.size + m.size)
+        else:
+            merged.append(m)
+    return merged
+
+
+def clip_to_segments(mappings: list[Mapping], segments: list[Segment]) -> list[Mapping]:
+    """Cut mappings at physical segment edges, dropping what the dump lacks
+    (MMIO that the kernel ioremapped, holes a large page spans).
+
+    >>> clip_to_segments([Mapping(0x10000, 0, 0x3000)], [Segment(0x1000, 0, 0x1000)])
+    [Mapping(vaddr=69632, paddr=4096, size=4096)]
+    """
+    clipped = []
+    for m in mappings:
+        for seg in segments:
+            start, end = max(m.paddr, seg.paddr), min(m.paddr + m.size, seg.end)
+            if start < end:
+                clipped.append(Mapping(m.vaddr + start - m.paddr, start, end - start))
+    return clipped
+
+
 def main(argv: list[str]) -> int:
     """``python -m vmcores.dumpfmt {kdump,classic,kvaddr} SRC OUT``"""
-    writers = {"kdump": write_kdump, "classic": write_classic_elf}
+    writers = {"kdump": write_kdump, "classic": write_classic_elf, "kvaddr": write_kvaddr_elf}
     if len(argv) != 3 or argv[0] not in writers:
         print(f"usage: python -m vmcores.dumpfmt {{{','.join(writers)}}} SRC OUT", file=sys.stderr)
         return 2
