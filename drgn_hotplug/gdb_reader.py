@@ -1,0 +1,126 @@
+"""The gdb reader: the same Model as the drgn reader, through gdb's Python API.
+
+Runs inside gdb (``import gdb`` only works there). gdb answers the
+``layout.Target`` questions (symbols, types, enumerators, raw memory) and
+``layout.read_model`` does the rest, so nothing here interprets kernel data.
+
+    (gdb) python from drgn_hotplug import gdb_reader
+    (gdb) python print(len(gdb_reader.read_model().sections))
+    12
+
+Memory is only ever read (``Inferior.read_memory``), whole arrays at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Dict, Optional
+
+import gdb  # type: ignore[import-not-found]
+
+from . import layout
+from .model import Model
+
+
+class GdbTarget:
+    """``layout.Target`` answered by the gdb session's symbols and inferior."""
+
+    def __init__(self, inferior: Optional["gdb.Inferior"] = None):
+        self.inferior = inferior or gdb.selected_inferior()
+
+    def read(self, address: int, size: int) -> bytes:
+        if size <= 0:
+            return b""
+        try:
+            return self.inferior.read_memory(address, size).tobytes()
+        except (gdb.MemoryError, gdb.error) as error:
+            raise layout.ReadError(address, size, _one_line(error)) from None
+
+    @functools.lru_cache(maxsize=None)
+    def symbol(self, name: str) -> Optional[int]:
+        value = _symbol_value(name)
+        return int(value.address) if value is not None and value.address is not None else None
+
+    @functools.lru_cache(maxsize=None)
+    def symbol_type(self, name: str) -> Optional[str]:
+        value = _symbol_value(name)
+        return str(value.type.strip_typedefs()) if value is not None else None
+
+    @functools.lru_cache(maxsize=None)
+    def sizeof(self, type_name: str) -> Optional[int]:
+        kind = _lookup_type(type_name)
+        return kind.sizeof if kind is not None else None
+
+    @functools.lru_cache(maxsize=None)
+    def offsetof(self, type_name: str, member: str) -> Optional[int]:
+        kind = _lookup_type(type_name)
+        offset = 0
+        for name in member.split("."):
+            if kind is None:
+                return None
+            found = _find_field(kind.strip_typedefs(), name)
+            if found is None:
+                return None
+            field_offset, kind = found
+            offset += field_offset
+        return offset
+
+    @functools.lru_cache(maxsize=None)
+    def enumerator(self, name: str) -> Optional[int]:
+        try:
+            symbol = gdb.lookup_static_symbol(name) or gdb.lookup_global_symbol(name)
+            if symbol is None:
+                symbol, _ = gdb.lookup_symbol(name)
+            if symbol is None or symbol.addr_class != gdb.SYMBOL_LOC_CONST:
+                return None
+            return int(symbol.value())
+        except gdb.error:
+            return None
+
+    @functools.lru_cache(maxsize=None)
+    def enumerators(self, type_name: str) -> Dict[str, int]:
+        kind = _lookup_type(type_name)
+        if kind is None or kind.code != gdb.TYPE_CODE_ENUM:
+            return {}
+        return {f.name: int(f.enumval) for f in kind.fields()}
+
+
+def _one_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _symbol_value(name: str) -> Optional["gdb.Value"]:
+    # Static variables (memory_blocks, sections_per_block) are not global symbols.
+    symbol = gdb.lookup_global_symbol(name) or gdb.lookup_static_symbol(name)
+    # A variable whose defining DWARF lacks a location (LOC_UNRESOLVED, e.g.
+    # init_uts_ns) takes its address from the ELF symbol table.
+    if symbol is None or not (symbol.is_variable or symbol.is_function
+                              or symbol.addr_class == gdb.SYMBOL_LOC_UNRESOLVED):
+        return None
+    return symbol.value()
+
+
+def _lookup_type(name: str) -> Optional["gdb.Type"]:
+    try:
+        return gdb.lookup_type(name)
+    except gdb.error:
+        return None
+
+
+def _find_field(kind: "gdb.Type", name: str):
+    """(byte offset, type) of member ``name``, looking inside anonymous unions and structs."""
+    if kind.code not in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
+        return None
+    for field in kind.fields():
+        if field.name == name:
+            return field.bitpos // 8, field.type
+        if not field.name:
+            inner = _find_field(field.type.strip_typedefs(), name)
+            if inner is not None:
+                return field.bitpos // 8 + inner[0], inner[1]
+    return None
+
+
+def read_model(inferior: Optional["gdb.Inferior"] = None) -> Model:
+    """The Model of the kernel gdb is looking at (a vmcore or a live gdbstub)."""
+    return layout.read_model(GdbTarget(inferior))

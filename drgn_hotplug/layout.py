@@ -1,0 +1,845 @@
+"""Kernel structures decoded from raw bytes: the reader logic shared by every debugger.
+
+A reader front end (gdb, drgn) only has to answer a few questions about the
+target, the ``Target`` protocol below: read bytes, the address of a symbol,
+the size of a type, the offset of a member, the value of an enumerator.
+Everything else (walking mem_section roots, the memory bus, kernfs rbtrees,
+xarrays; decoding section words, memblock regions, kernfs liveness) is here,
+pure Python, so two front ends on the same kernel build the same model.
+
+Targets are 64-bit little-endian (x86_64, aarch64), as the model assumes.
+
+>>> decode_words(bytes.fromhex("0100000000000000ff00000000000000"))
+(1, 255)
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+
+from . import kernels, vmcoreinfo
+from .model import (KernelFacts, MemblockRegion, MemblockType, MemoryBlock, Node, NodeLink, Model, Section,
+                    Unreadable)
+
+WORD = 8
+
+
+class ReadError(Exception):
+    """The target could not supply the bytes at an address."""
+
+    def __init__(self, address: int, size: int, reason: str = "unreadable"):
+        super().__init__(f"cannot read {size} bytes at {address:#x}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+class Target(Protocol):
+    """What a debugger front end answers about the analysed kernel.
+
+    Lookups return None when the kernel has no such symbol, type, member or
+    enumerator (older kernels, other configs); ``read`` raises ReadError.
+    ``member`` paths may cross anonymous unions: ``"symlink.target_kn"``.
+    """
+
+    def read(self, address: int, size: int) -> bytes: ...
+    def symbol(self, name: str) -> Optional[int]: ...
+    def sizeof(self, type_name: str) -> Optional[int]: ...
+    def offsetof(self, type_name: str, member: str) -> Optional[int]: ...
+    def enumerator(self, name: str) -> Optional[int]: ...
+    def enumerators(self, type_name: str) -> Dict[str, int]: ...
+    def symbol_type(self, name: str) -> Optional[str]: ...
+
+
+# ---------------------------------------------------------------- bytes
+
+def decode_words(data: bytes) -> Tuple[int, ...]:
+    """Unsigned 64-bit little-endian words.
+
+    >>> decode_words((7).to_bytes(8, "little"))
+    (7,)
+    """
+    return struct.unpack(f"<{len(data) // WORD}Q", data[: len(data) // WORD * WORD])
+
+
+def word_at(data: bytes, offset: int) -> int:
+    """The unsigned word at ``offset``.
+
+    >>> word_at(bytes(8) + (5).to_bytes(8, "little"), 8)
+    5
+    """
+    return int.from_bytes(data[offset:offset + WORD], "little")
+
+
+def int_at(data: bytes, offset: int, size: int = 4) -> int:
+    """The signed integer of ``size`` bytes at ``offset``.
+
+    >>> int_at((-1).to_bytes(4, "little", signed=True), 0)
+    -1
+    """
+    return int.from_bytes(data[offset:offset + size], "little", signed=True)
+
+
+def uint_at(data: bytes, offset: int, size: int = 4) -> int:
+    """The unsigned integer of ``size`` bytes at ``offset``.
+
+    >>> uint_at(b"\\x00\\x40", 0, 2)
+    16384
+    """
+    return int.from_bytes(data[offset:offset + size], "little")
+
+
+def read_word(target: Target, address: int) -> int:
+    return word_at(target.read(address, WORD), 0)
+
+
+def read_cstring(target: Target, address: int, limit: int = 256, page_size: int = 4096) -> str:
+    """A NUL-terminated string, read without crossing into an unmapped page needlessly.
+
+    Kernel names (kernfs, zone) are short; reading up to the page end first
+    avoids failing on a string that ends just before an unmapped page.
+    """
+    first = min(limit, page_size - address % page_size)
+    data = target.read(address, first)
+    if b"\0" not in data and first < limit:
+        data += target.read(address + first, limit - first)
+    return data.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def coalesce(addresses: Sequence[int], size: int, max_span: int = 1 << 16) -> List[Tuple[int, int]]:
+    """Group reads of ``size`` bytes at ``addresses`` into few (start, length) spans.
+
+    The kernel allocates the ``mem_section_usage`` of a node's early sections
+    in one array, so their subsection maps read in one go.
+
+    >>> coalesce([0x1000, 0x1010, 0x1020, 0x9000], 16, max_span=0x100)
+    [(4096, 48), (36864, 16)]
+    """
+    spans: List[Tuple[int, int]] = []
+    for address in sorted(set(addresses)):
+        if spans and address + size - spans[-1][0] <= max_span and address >= spans[-1][0]:
+            start, _ = spans[-1]
+            spans[-1] = (start, max(spans[-1][1], address + size - start))
+        else:
+            spans.append((address, size))
+    return spans
+
+
+# ---------------------------------------------------------------- sections
+
+@dataclass(frozen=True)
+class SectionLayout:
+    """Where the section words live, from DWARF and VMCOREINFO.
+
+    ``flag_bits`` maps flag names (no ``SECTION_`` prefix) to bit numbers.
+    """
+
+    sizeof_section: int
+    usage_offset: Optional[int]
+    subsection_map_offset: Optional[int]
+    subsection_map_bytes: int
+    flag_bits: Dict[str, int]
+
+
+def decode_section_root(data: bytes, first_nr: int, root_address: int,
+                        layout: SectionLayout) -> List[Tuple[int, int, int, Optional[int]]]:
+    """(nr, address, section_mem_map, usage) for each present section of one root.
+
+    >>> lay = SectionLayout(16, 8, None, 0, {})
+    >>> decode_section_root(bytes(16) + (3).to_bytes(8, "little") + bytes(8), 64, 0x1000, lay)
+    [(65, 4112, 3, None)]
+    """
+    words = decode_words(data)
+    per = layout.sizeof_section // WORD
+    present = []
+    for i in range(len(words) // per):
+        mem_map = words[i * per]
+        if not mem_map:
+            continue
+        usage = (words[i * per + layout.usage_offset // WORD]
+                 if layout.usage_offset is not None else None)
+        present.append((first_nr + i, root_address + i * layout.sizeof_section, mem_map, usage or None))
+    return present
+
+
+def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sections: int,
+                  page_size: int, layout: SectionLayout,
+                  unreadable: List[Unreadable]) -> List[Section]:
+    """Every present section: one read per root, then the subsection maps in spans.
+
+    With SPARSEMEM_EXTREME ``mem_section`` points to an array of root
+    pointers (a pointer to it since v4.15, 83e3c48729d9; an array before);
+    without it, the roots are rows of a static two-dimensional array.
+    """
+    per_root = page_size // layout.sizeof_section if extreme else 1
+    nr_roots = -(-nr_mem_sections // per_root)
+    raw = []
+    for root_nr, root in enumerate(_section_roots(target, mem_section, extreme, nr_roots,
+                                                  layout, unreadable)):
+        if not root:
+            continue
+        try:
+            data = target.read(root, per_root * layout.sizeof_section)
+        except ReadError as error:
+            unreadable.append(Unreadable(f"mem_section root {root_nr}", error.reason, root))
+            continue
+        raw.extend(decode_section_root(data, root_nr * per_root, root, layout))
+    maps = _subsection_maps(target, [usage for *_, usage in raw if usage], layout, unreadable)
+    return [Section(nr=nr, address=address, mem_map=mem_map,
+                    flags=kernels.decode_section_flags(mem_map, layout.flag_bits),
+                    usage_address=usage, subsection_map=maps.get(usage))
+            for nr, address, mem_map, usage in raw]
+
+
+def _section_roots(target: Target, mem_section: int, extreme: bool, nr_roots: int,
+                   layout: SectionLayout, unreadable: List[Unreadable]) -> Sequence[int]:
+    if not extreme:
+        return [mem_section + layout.sizeof_section * i for i in range(nr_roots)]
+    try:
+        return decode_words(target.read(mem_section, nr_roots * WORD))
+    except ReadError as error:
+        unreadable.append(Unreadable("mem_section roots", error.reason, mem_section))
+        return []
+
+
+def _subsection_maps(target: Target, usages: Sequence[int], layout: SectionLayout,
+                     unreadable: List[Unreadable]) -> Dict[int, int]:
+    if layout.subsection_map_offset is None:
+        return {}
+    size = layout.subsection_map_bytes
+    maps: Dict[int, int] = {}
+    spans = coalesce([u + layout.subsection_map_offset for u in usages], size)
+    wanted = {u + layout.subsection_map_offset: u for u in usages}
+    for start, length in spans:
+        try:
+            data = target.read(start, length)
+        except ReadError:
+            data = None
+        for address in sorted(a for a in wanted if start <= a < start + length):
+            if data is not None:
+                maps[wanted[address]] = uint_at(data, address - start, size)
+            else:
+                _read_one_map(target, wanted[address], address, size, maps, unreadable)
+    return maps
+
+
+def _read_one_map(target, usage, address, size, maps, unreadable):
+    # A span failed as a whole; retry each map so one bad pointer costs one entry.
+    try:
+        maps[usage] = uint_at(target.read(address, size), 0, size)
+    except ReadError as error:
+        unreadable.append(Unreadable("mem_section_usage.subsection_map", error.reason, address))
+
+
+# ---------------------------------------------------------------- memblock
+
+@dataclass(frozen=True)
+class MemblockLayout:
+    sizeof_region: int
+    base: int
+    size: int
+    flags: int
+    nid: Optional[int]
+    cnt: int
+    max: int
+    regions: int
+
+
+def decode_memblock_regions(data: bytes, count: int, layout: MemblockLayout,
+                            flag_bits: Dict[str, int]) -> Tuple[MemblockRegion, ...]:
+    """``count`` regions from the bytes of a ``struct memblock_region`` array.
+
+    >>> lay = MemblockLayout(24, 0, 8, 16, 20, 0, 8, 24)
+    >>> data = (0x1000).to_bytes(8, "little") + (0x2000).to_bytes(8, "little") + bytes(8)
+    >>> decode_memblock_regions(data, 1, lay, {})[0].end
+    12288
+    """
+    regions = []
+    for i in range(count):
+        at = i * layout.sizeof_region
+        flags = uint_at(data, at + layout.flags)
+        regions.append(MemblockRegion(
+            base=word_at(data, at + layout.base), size=word_at(data, at + layout.size),
+            flags=flags, flag_names=kernels.memblock_flag_names(flags, flag_bits),
+            nid=int_at(data, at + layout.nid) if layout.nid is not None else None))
+    return tuple(regions)
+
+
+# ---------------------------------------------------------------- lists, trees, xarrays
+
+def walk_list(target: Target, head: int, limit: int = 1 << 22) -> Iterator[int]:
+    """Addresses of the ``list_head`` nodes on a circular list (head excluded).
+
+    Stops with ReadError on a broken link and after ``limit`` nodes so a
+    corrupt list cannot hang the reader.
+    """
+    node = read_word(target, head)
+    for _ in range(limit):
+        if node == head:
+            return
+        yield node
+        node = read_word(target, node)
+    raise ReadError(head, WORD, f"list at {head:#x} longer than {limit} nodes")
+
+
+def walk_rbtree(target: Target, root: int, limit: int = 1 << 22) -> List[int]:
+    """Addresses of the ``rb_node``s of an ``rb_root`` in order (left child at +16, right at +8)."""
+    out: List[int] = []
+    stack: List[int] = []
+    node = read_word(target, root)
+    while (stack or node) and len(out) < limit:
+        while node:
+            stack.append(node)
+            node = read_word(target, node + 16)
+        node = stack.pop()
+        out.append(node)
+        node = read_word(target, node + 8)
+    return out
+
+
+XA_CHUNK_SHIFT = 6
+
+
+def walk_xarray(target: Target, xa_head: int, slots_offset: int) -> Dict[int, int]:
+    """index -> entry of every pointer entry in an xarray whose head is ``xa_head``.
+
+    Internal entries (bit 1 set, value > 4096) point to ``struct xa_node``s
+    (ptr - 2); value entries (bit 0) are not pointers and are skipped, as
+    the kernel's memory_blocks array holds only pointers.
+    """
+    entries: Dict[int, int] = {}
+    stack = [(xa_head, 0, None)]
+    while stack:
+        entry, index, shift = stack.pop()
+        if not entry or entry & 1:
+            continue
+        if entry & 3 == 2:
+            if entry <= 4096:
+                continue  # retry, zero and sibling entries
+            node = entry - 2
+            node_shift = uint_at(target.read(node, 1), 0, 1)
+            slots = decode_words(target.read(node + slots_offset, WORD << XA_CHUNK_SHIFT))
+            stack.extend((slot, index + (i << node_shift), node_shift)
+                         for i, slot in enumerate(slots))
+        else:
+            entries[index] = entry
+    return entries
+
+
+# ---------------------------------------------------------------- kernfs
+
+@dataclass(frozen=True)
+class KernfsLayout:
+    sizeof_node: int
+    active: int
+    parent: int
+    name: int
+    rb: int
+    children: int
+    target_kn: int
+    priv: int
+    flags: int
+    type_link: int
+    type_mask: int
+    removing_flag: Optional[int]
+
+
+@dataclass(frozen=True)
+class KernfsNode:
+    address: int
+    active: int
+    parent: int
+    name_address: int
+    target_kn: int
+    flags: int
+
+
+def decode_kernfs_node(data: bytes, address: int, layout: KernfsLayout) -> KernfsNode:
+    return KernfsNode(address=address, active=int_at(data, layout.active),
+                      parent=word_at(data, layout.parent), name_address=word_at(data, layout.name),
+                      target_kn=word_at(data, layout.target_kn),
+                      flags=uint_at(data, layout.flags, 2))
+
+
+def kernfs_dead_reasons(kn: KernfsNode, in_parent: bool, layout: KernfsLayout) -> Tuple[str, ...]:
+    """Why a kernfs node is no longer a live sysfs entry (empty when it is).
+
+    ``kernfs_drain()`` leaves ``active`` at KN_DEACTIVATED_BIAS (negative);
+    ``__kernfs_remove()`` sets KERNFS_REMOVING (v6.1, c25491747b21) and
+    ``kernfs_unlink_sibling()`` takes it out of its parent's rbtree.
+
+    >>> lay = KernfsLayout(128, 4, 8, 16, 24, 72, 64, 96, 112, 4, 15, 0x4000)
+    >>> kernfs_dead_reasons(KernfsNode(0, -2147483647, 0, 0, 0, 0x4000), False, lay)
+    ('deactivated', 'removing', 'unlinked')
+    """
+    reasons = []
+    if kn.active < 0:
+        reasons.append("deactivated")
+    if layout.removing_flag is not None and kn.flags & layout.removing_flag:
+        reasons.append("removing")
+    if not in_parent:
+        reasons.append("unlinked")
+    return tuple(reasons)
+
+
+class KernfsReader:
+    """Reads kernfs nodes, names and directory children, caching what it read."""
+
+    def __init__(self, target: Target, layout: KernfsLayout, page_size: int):
+        self.target = target
+        self.layout = layout
+        self.page_size = page_size
+        self._nodes: Dict[int, KernfsNode] = {}
+        self._children: Dict[int, frozenset] = {}
+
+    def node(self, address: int) -> KernfsNode:
+        if address not in self._nodes:
+            data = self.target.read(address, self.layout.sizeof_node)
+            self._nodes[address] = decode_kernfs_node(data, address, self.layout)
+        return self._nodes[address]
+
+    def name(self, kn: KernfsNode) -> str:
+        return read_cstring(self.target, kn.name_address, page_size=self.page_size)
+
+    def children(self, directory: int) -> List[KernfsNode]:
+        rb_nodes = walk_rbtree(self.target, directory + self.layout.children)
+        self._children[directory] = frozenset(rb - self.layout.rb for rb in rb_nodes)
+        return [self.node(rb - self.layout.rb) for rb in rb_nodes]
+
+    def in_parent(self, kn: KernfsNode) -> bool:
+        if not kn.parent:
+            return False
+        if kn.parent not in self._children:
+            self.children(kn.parent)
+        return kn.address in self._children[kn.parent]
+
+    def is_link(self, kn: KernfsNode) -> bool:
+        return kn.flags & self.layout.type_mask == self.layout.type_link
+
+
+# ---------------------------------------------------------------- memory blocks, nodes, links
+
+# MEM_* states were macros until v6.19 (1a4f70f6851a made them an enum, read
+# from DWARF when present): bits as in drgn's _OLD_MEMORY_BLOCK_STATE.
+OLD_MEMORY_BLOCK_STATES = {1 << 0: "MEM_ONLINE", 1 << 1: "MEM_GOING_OFFLINE",
+                           1 << 2: "MEM_OFFLINE", 1 << 3: "MEM_GOING_ONLINE",
+                           1 << 4: "MEM_CANCEL_ONLINE", 1 << 5: "MEM_CANCEL_OFFLINE",
+                           1 << 6: "MEM_PREPARE_ONLINE", 1 << 7: "MEM_FINISH_OFFLINE"}
+
+
+def block_state_name(value: int, enumerators: Dict[str, int]) -> str:
+    """The model's spelling of a memory block state.
+
+    >>> block_state_name(2, {})
+    'going-offline'
+    """
+    names = {v: k for k, v in enumerators.items()} or OLD_MEMORY_BLOCK_STATES
+    name = names.get(value, f"unknown-{value:#x}")
+    return name.removeprefix("MEM_").lower().replace("_", "-")
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    sizeof_block: int
+    start_section_nr: int
+    state: int
+    nid: Optional[int]
+    zone: Optional[int]
+    online_type: Optional[int]
+    dev: int
+    dev_id: int
+    kn: int
+    zone_name: Optional[int]
+
+
+def decode_memory_block(data: bytes, address: int, layout: BlockLayout,
+                        state_enumerators: Dict[str, int], zone_name: Optional[str],
+                        in_bus: bool, in_xarray: Optional[bool]) -> MemoryBlock:
+    """A MemoryBlock from the bytes of a ``struct memory_block``."""
+    opt = lambda off: int_at(data, off) if off is not None else None  # noqa: E731
+    return MemoryBlock(
+        id=uint_at(data, layout.dev + layout.dev_id),
+        address=address, start_section_nr=word_at(data, layout.start_section_nr),
+        state=block_state_name(word_at(data, layout.state), state_enumerators),
+        nid=opt(layout.nid), zone=zone_name, online_type=opt(layout.online_type),
+        in_bus=in_bus, in_xarray=in_xarray,
+        kn_address=word_at(data, layout.dev + layout.kn) or None)
+
+
+LINK_NAMES = {"node-to-block": re.compile(r"memory(\d+)"), "block-to-node": re.compile(r"node(\d+)")}
+
+
+def link_from_kernfs(direction: str, owner_number: int, kn: KernfsNode, name: str,
+                     kernfs: KernfsReader, blocks_by_kn: Dict[int, int],
+                     nodes_by_kn: Dict[int, int]) -> Optional[NodeLink]:
+    """A NodeLink for a kernfs link named memoryM (in nodeN) or nodeN (in memoryM).
+
+    Other children (attributes, cpu links, 6.12's memory_failure directory)
+    give None. The target resolves to a block or node only through the kn
+    address of a live device, never through its name.
+    """
+    match = LINK_NAMES[direction].fullmatch(name)
+    if not match or not kernfs.is_link(kn):
+        return None
+    number = int(match.group(1))
+    node, block = (owner_number, number) if direction == "node-to-block" else (number, owner_number)
+    target_name, reasons, live = None, ("unreadable",), False
+    if kn.target_kn:
+        try:
+            target = kernfs.node(kn.target_kn)
+            target_name = kernfs.name(target)
+            reasons = kernfs_dead_reasons(target, kernfs.in_parent(target), kernfs.layout)
+            live = not reasons
+        except ReadError:
+            pass
+    return NodeLink(direction=direction, node=node, block=block, name=name,
+                    kn_address=kn.address, target_address=kn.target_kn or None,
+                    target_name=target_name, target_live=live, target_dead_reasons=reasons,
+                    target_block=blocks_by_kn.get(kn.target_kn),
+                    target_node=nodes_by_kn.get(kn.target_kn))
+
+
+def read_links(kernfs: KernfsReader, nodes: Sequence[Node], blocks: Sequence[MemoryBlock],
+               unreadable: List[Unreadable]) -> List[NodeLink]:
+    """Both directions of node/block links, from the kernfs directories of each side."""
+    blocks_by_kn = {b.kn_address: b.id for b in blocks if b.kn_address}
+    nodes_by_kn = {n.kn_address: n.nid for n in nodes if n.kn_address}
+    owners = ([("node-to-block", n.nid, n.kn_address) for n in nodes if n.kn_address]
+              + [("block-to-node", b.id, b.kn_address) for b in blocks if b.kn_address])
+    links: List[NodeLink] = []
+    for direction, number, directory in owners:
+        try:
+            children = kernfs.children(directory)
+        except ReadError as error:
+            unreadable.append(Unreadable(f"kernfs children of {direction.split('-')[0]}{number}",
+                                         error.reason, directory))
+            continue
+        for kn in children:
+            try:
+                name = kernfs.name(kn)
+            except ReadError as error:
+                unreadable.append(Unreadable("kernfs name", error.reason, kn.name_address))
+                continue
+            link = link_from_kernfs(direction, number, kn, name, kernfs, blocks_by_kn, nodes_by_kn)
+            if link:
+                links.append(link)
+    return sorted(links, key=lambda l: (l.direction, l.node, l.block, l.kn_address))
+
+
+def bitmap_bits(data: bytes) -> List[int]:
+    """Indices of the set bits of a little-endian bitmap.
+
+    >>> bitmap_bits(bytes([0b101, 0, 0, 0, 0, 0, 0, 1]))
+    [0, 2, 56]
+    """
+    value = int.from_bytes(data, "little")
+    return [i for i in range(value.bit_length()) if value >> i & 1]
+
+
+def nodes_from_array(pointers: Sequence[int], kn_of: Callable[[int], Optional[int]],
+                     online: Sequence[int]) -> List[Node]:
+    """Nodes for the non-NULL ``node_devices[]`` entries."""
+    online_set = set(online)
+    return [Node(nid=nid, address=ptr, kn_address=kn_of(ptr), online=nid in online_set)
+            for nid, ptr in enumerate(pointers) if ptr]
+
+
+# ---------------------------------------------------------------- the whole model
+
+# SUBSECTION_SHIFT is 21 on every arch since subsections exist (v5.3,
+# f46edbd1b151, include/linux/mmzone.h); it is a macro, absent from DWARF.
+SUBSECTION_SHIFT = 21
+
+
+def read_model(target: Target) -> Model:
+    """The Model of the kernel behind ``target``; unreadable parts are listed, not fatal.
+
+    Raises ReadError only when the kernel cannot be identified at all
+    (no readable ``vmcoreinfo_data`` or ``init_uts_ns``).
+    """
+    unreadable: List[Unreadable] = []
+    facts = read_kernel_facts(target)
+    sections = read_sections(target, mem_section_roots(target), facts.sparsemem_extreme,
+                             facts.nr_mem_sections, facts.page_size,
+                             section_layout(target, facts), unreadable)
+    memory, reserved = read_memblock(target, facts, unreadable)
+    blocks = read_memory_blocks(target, facts, unreadable)
+    nodes = read_nodes(target, facts, unreadable)
+    kernfs = KernfsReader(target, kernfs_layout(target), facts.page_size)
+    links = read_links(kernfs, nodes, blocks, unreadable)
+    return Model(kernel=facts, sections=sections, memblock_memory=memory,
+                 memblock_reserved=reserved, blocks=blocks, nodes=nodes, links=links,
+                 unreadable=unreadable)
+
+
+def mem_section_roots(target: Target) -> int:
+    """Address of the first root: ``mem_section`` itself, or where it points
+    when it is a pointer (SPARSEMEM_EXTREME since v4.15, 83e3c48729d9)."""
+    address = _require(target, "mem_section")
+    if (target.symbol_type("mem_section") or "").endswith("**"):
+        return read_word(target, address)
+    return address
+
+
+def _require(target: Target, symbol: str) -> int:
+    address = target.symbol(symbol)
+    if address is None:
+        raise ReadError(0, 0, f"the kernel has no symbol {symbol}")
+    return address
+
+
+def _offset(target: Target, type_name: str, member: str) -> int:
+    offset = target.offsetof(type_name, member)
+    if offset is None:
+        raise ReadError(0, 0, f"{type_name} has no member {member}")
+    return offset
+
+
+def read_vmcoreinfo_text(target: Target) -> str:
+    """The kernel's own ``vmcoreinfo_data`` buffer (what a vmcore's note copies)."""
+    data = read_word(target, _require(target, "vmcoreinfo_data"))
+    size = read_word(target, _require(target, "vmcoreinfo_size"))
+    return target.read(data, min(size, 1 << 16)).decode("ascii", "replace")
+
+
+def read_uts(target: Target) -> Dict[str, str]:
+    """release, version and machine from ``init_uts_ns.name``."""
+    name = _require(target, "init_uts_ns") + _offset(target, "struct uts_namespace", "name")
+    fields = {}
+    for member in ("release", "version", "machine"):
+        at = name + _offset(target, "struct new_utsname", member)
+        fields[member] = target.read(at, 65).split(b"\0", 1)[0].decode("ascii", "replace")
+    return fields
+
+
+def read_kernel_facts(target: Target) -> KernelFacts:
+    """KernelFacts from VMCOREINFO, ``init_uts_ns`` and the types of a few symbols."""
+    info = vmcoreinfo.parse_vmcoreinfo(read_vmcoreinfo_text(target))
+    constants = vmcoreinfo.derive_constants(info)
+    uts = read_uts(target)
+    release = constants.release or uts["release"]
+    mem_section_type = target.symbol_type("mem_section") or ""
+    has_subsections = target.offsetof("struct mem_section_usage", "subsection_map") is not None
+    sections_per_block = int_at(target.read(_require(target, "sections_per_block"), 4), 0)
+    return KernelFacts(
+        arch=uts["machine"], release=release,
+        version=vmcoreinfo.parse_kernel_version(release, uts["version"]),
+        page_size=constants.page_size, section_size_bits=constants.section_size_bits,
+        max_physmem_bits=constants.max_physmem_bits, nr_mem_sections=constants.nr_mem_sections,
+        subsection_shift=SUBSECTION_SHIFT if has_subsections else None,
+        memory_block_size=sections_per_block << constants.section_size_bits,
+        # LENGTH(node_data) is MAX_NUMNODES (kernel/crash_core.c, NUMA kernels).
+        max_numnodes=info.lengths.get("node_data")
+        or _array_length(target.symbol_type("node_devices")),
+        # A pointer root (v4.15+) or an array of root pointers: SPARSEMEM_EXTREME.
+        sparsemem_extreme="**" in mem_section_type or "*[" in mem_section_type,
+        # vmemmap_populate() is built only with CONFIG_SPARSEMEM_VMEMMAP.
+        sparsemem_vmemmap=target.symbol("vmemmap_populate") is not None,
+        keeps_memblock=kernels.arch_keeps_memblock(uts["machine"]),
+        kaslr_offset=constants.kaslr_offset)
+
+
+def _array_length(type_spelling: Optional[str]) -> int:
+    """N of a C array type spelled "T [N]".
+
+    >>> _array_length("struct node *[1024]")
+    1024
+    """
+    match = re.search(r"\[(\d+)\]$", type_spelling or "")
+    if not match:
+        raise ReadError(0, 0, f"not an array type: {type_spelling!r}")
+    return int(match.group(1))
+
+
+def section_layout(target: Target, facts: KernelFacts) -> SectionLayout:
+    """Section word layout; flag bits from the SECTION_*_BIT enumerators (v6.0,
+    ed7802dd48f7) or the per-version fallback."""
+    bits = {name: target.enumerator(f"SECTION_{name}_BIT")
+            for name in ("MARKED_PRESENT", "HAS_MEM_MAP", "IS_ONLINE", "IS_EARLY",
+                         "TAINT_ZONE_DEVICE", "IS_VMEMMAP_PREINIT")}
+    flag_bits = {name: bit for name, bit in bits.items() if bit is not None}
+    if not flag_bits:
+        flag_bits, _ = kernels.section_flag_bits(facts.version)
+    map_offset = target.offsetof("struct mem_section_usage", "subsection_map")
+    subsections = 1 << (facts.section_size_bits - SUBSECTION_SHIFT)
+    return SectionLayout(
+        sizeof_section=target.sizeof("struct mem_section"),
+        usage_offset=target.offsetof("struct mem_section", "usage"),
+        subsection_map_offset=map_offset,
+        subsection_map_bytes=-(-subsections // 64) * WORD, flag_bits=flag_bits)
+
+
+def memblock_layout(target: Target) -> MemblockLayout:
+    region = "struct memblock_region"
+    kind = "struct memblock_type"
+    return MemblockLayout(
+        sizeof_region=target.sizeof(region), base=_offset(target, region, "base"),
+        size=_offset(target, region, "size"), flags=_offset(target, region, "flags"),
+        nid=target.offsetof(region, "nid"), cnt=_offset(target, kind, "cnt"),
+        max=_offset(target, kind, "max"), regions=_offset(target, kind, "regions"))
+
+
+def read_memblock(target: Target, facts: KernelFacts,
+                  unreadable: List[Unreadable]) -> Tuple[MemblockType, MemblockType]:
+    """``memblock.memory`` and ``memblock.reserved``, each array in one read when trusted."""
+    layout = memblock_layout(target)
+    flag_bits = {name[len("MEMBLOCK_"):]: value
+                 for name, value in target.enumerators("enum memblock_flags").items() if value}
+    flag_bits = flag_bits or kernels.memblock_flag_bits(facts.version)
+    memblock = _require(target, "memblock")
+    return tuple(_read_memblock_type(target, name, memblock + _offset(target, "struct memblock", name),
+                                     facts, layout, flag_bits, unreadable)
+                 for name in ("memory", "reserved"))
+
+
+def _read_memblock_type(target, name, address, facts, layout, flag_bits, unreadable) -> MemblockType:
+    header = target.read(address, layout.regions + WORD)
+    cnt, max_, regions = (word_at(header, layout.cnt), word_at(header, layout.max),
+                          word_at(header, layout.regions))
+    reason = kernels.memblock_trust(facts.keeps_memblock, regions,
+                                    target.symbol(f"memblock_{name}_init_regions"), cnt, max_)
+    if reason is None:
+        try:
+            data = target.read(regions, cnt * layout.sizeof_region)
+            return MemblockType(name, address, cnt, max_,
+                                decode_memblock_regions(data, cnt, layout, flag_bits))
+        except ReadError as error:
+            unreadable.append(Unreadable(f"memblock.{name}.regions", error.reason, regions))
+            reason = f"memblock.{name}.regions unreadable"
+    return MemblockType(name, address, cnt, max_, (), available=False, reason=reason)
+
+
+def block_layout(target: Target) -> BlockLayout:
+    block = "struct memory_block"
+    return BlockLayout(
+        sizeof_block=target.sizeof(block),
+        start_section_nr=_offset(target, block, "start_section_nr"),
+        state=_offset(target, block, "state"), nid=target.offsetof(block, "nid"),
+        zone=target.offsetof(block, "zone"), online_type=target.offsetof(block, "online_type"),
+        dev=_offset(target, block, "dev"), dev_id=_offset(target, "struct device", "id"),
+        kn=_offset(target, "struct device", "kobj.sd"),
+        zone_name=target.offsetof("struct zone", "name"))
+
+
+def memory_bus_devices(target: Target) -> List[int]:
+    """``struct device *`` of every device on the memory bus, in bus order.
+
+    The bus's ``subsys_private`` is ``memory_subsys.p`` before v6.3 and is
+    found on ``bus_kset``'s list since (d2bf38c088e0 removed bus_type.p).
+    """
+    klist = _offset(target, "struct subsys_private", "klist_devices.k_list")
+    knode = _offset(target, "struct device_private", "knode_bus.n_node")
+    device = _offset(target, "struct device_private", "device")
+    subsys = _memory_subsys_private(target)
+    return [read_word(target, node - knode + device) for node in walk_list(target, subsys + klist)]
+
+
+def _memory_subsys_private(target: Target) -> int:
+    bus = _require(target, "memory_subsys")
+    p = target.offsetof("struct bus_type", "p")
+    if p is not None:
+        return read_word(target, bus + p)
+    entry = _offset(target, "struct subsys_private", "subsys.kobj.entry")
+    bus_member = _offset(target, "struct subsys_private", "bus")
+    kset_list = read_word(target, _require(target, "bus_kset")) + _offset(target, "struct kset", "list")
+    for node in walk_list(target, kset_list):
+        if read_word(target, node - entry + bus_member) == bus:
+            return node - entry
+    raise ReadError(bus, 0, "memory_subsys is not registered on bus_kset")
+
+
+def memory_blocks_xarray(target: Target) -> Optional[Dict[int, int]]:
+    """block id -> ``struct memory_block *`` from the ``memory_blocks`` xarray
+    (v5.8, 4fb6eabf1037); None on older kernels."""
+    xarray = target.symbol("memory_blocks")
+    if xarray is None:
+        return None
+    head = read_word(target, xarray + _offset(target, "struct xarray", "xa_head"))
+    return walk_xarray(target, head, _offset(target, "struct xa_node", "slots"))
+
+
+def read_memory_blocks(target: Target, facts: KernelFacts,
+                       unreadable: List[Unreadable]) -> List[MemoryBlock]:
+    """Memory blocks from the memory bus, cross-checked with the xarray."""
+    layout = block_layout(target)
+    try:
+        on_bus = [dev - layout.dev for dev in memory_bus_devices(target)]
+    except ReadError as error:
+        unreadable.append(Unreadable("memory bus device list", error.reason, error.address))
+        on_bus = []
+    try:
+        in_xarray = memory_blocks_xarray(target)
+    except ReadError as error:
+        unreadable.append(Unreadable("memory_blocks xarray", error.reason, error.address))
+        in_xarray = None
+    xarray_addresses = set(in_xarray.values()) if in_xarray is not None else None
+    states = target.enumerators("enum memory_block_state")
+    blocks = []
+    for address in dict.fromkeys(on_bus + sorted(xarray_addresses or ())):
+        try:
+            data = target.read(address, layout.sizeof_block)
+        except ReadError as error:
+            unreadable.append(Unreadable("struct memory_block", error.reason, address))
+            continue
+        blocks.append(decode_memory_block(
+            data, address, layout, states, _zone_name(target, data, layout, facts),
+            in_bus=address in on_bus,
+            in_xarray=None if xarray_addresses is None else address in xarray_addresses))
+    return sorted(blocks, key=lambda b: (b.id, b.address))
+
+
+def _zone_name(target: Target, data: bytes, layout: BlockLayout, facts: KernelFacts) -> Optional[str]:
+    if layout.zone is None or layout.zone_name is None:
+        return None
+    zone = word_at(data, layout.zone)
+    if not zone:
+        return None
+    try:
+        return read_cstring(target, read_word(target, zone + layout.zone_name),
+                            page_size=facts.page_size)
+    except ReadError:
+        return None
+
+
+def read_nodes(target: Target, facts: KernelFacts, unreadable: List[Unreadable]) -> List[Node]:
+    """``node_devices[]`` (one read) and which nodes are online (``node_states[N_ONLINE]``)."""
+    array = _require(target, "node_devices")
+    pointers = decode_words(target.read(array, facts.max_numnodes * WORD))
+    online = _online_nodes(target, facts, unreadable)
+    kn = _offset(target, "struct node", "dev.kobj.sd")
+
+    def kn_of(node: int) -> Optional[int]:
+        try:
+            return read_word(target, node + kn) or None
+        except ReadError as error:
+            unreadable.append(Unreadable("struct node", error.reason, node))
+            return None
+    return nodes_from_array(pointers, kn_of, online)
+
+
+def _online_nodes(target: Target, facts: KernelFacts, unreadable: List[Unreadable]) -> List[int]:
+    states = _require(target, "node_states")
+    n_online = target.enumerator("N_ONLINE")
+    size = target.sizeof("nodemask_t")
+    try:
+        return bitmap_bits(target.read(states + n_online * size, size))
+    except ReadError as error:
+        unreadable.append(Unreadable("node_states[N_ONLINE]", error.reason, states))
+        return []
+
+
+def kernfs_layout(target: Target) -> KernfsLayout:
+    kn = "struct kernfs_node"
+    return KernfsLayout(
+        sizeof_node=target.sizeof(kn), active=_offset(target, kn, "active"),
+        parent=_offset(target, kn, "parent") if target.offsetof(kn, "parent") is not None
+        # v6.15 renamed parent to __parent (RCU-protected).
+        else _offset(target, kn, "__parent"),
+        name=_offset(target, kn, "name"), rb=_offset(target, kn, "rb"),
+        children=_offset(target, kn, "dir.children"),
+        target_kn=_offset(target, kn, "symlink.target_kn"), priv=_offset(target, kn, "priv"),
+        flags=_offset(target, kn, "flags"), type_link=target.enumerator("KERNFS_LINK"),
+        # KERNFS_TYPE_MASK is a macro (0x000f since kernfs began, v3.14).
+        type_mask=0xF, removing_flag=target.enumerator("KERNFS_REMOVING"))
