@@ -1,0 +1,671 @@
+"""The checks: pure functions from a Model to Findings, on pfn ranges.
+
+Every check turns the model into pfn sets (ranges.RangeSet) once and
+combines them with interval algebra, so its cost grows with the number of
+sections, regions and blocks, never with the number of pfns.
+
+Severities follow what a kernel developer would do with the finding:
+- error: sysfs state that is simply wrong (a link to a removed block, an
+  online block missing its node link for no reason the kernel's own rules
+  explain, a link to the wrong node);
+- warning: the kernel followed its rules but the result is the known
+  inconsistency class (struct pages that the arch pfn_valid() denies, the
+  2019 class; memblock disagreeing with the memmap where hotplug keeps them
+  in sync; a missing node link explained by pfn_valid() being false for
+  every pfn of the block, which userspace still sees as a broken topology);
+- info: by design (inactive subsections of ZONE_DEVICE or partial hot-add
+  sections since v5.3, NOMAP memory outside the linear map, holes inside
+  early sections, hot-added memory on arches that never put it in memblock).
+
+>>> from .model import Model  # see tests/unit for hand-made models
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+
+from . import kernels
+from .model import Finding, KernelFacts, MemblockRegion, MemblockType, Model, NodeLink, Section
+from .ranges import RangeSet, from_byte_regions, from_subsection_map, labelled_runs
+
+PFN_VALID_MISMATCH = "pfn-valid-mismatch"
+NOT_LINEAR_MAPPED = "not-linear-mapped"
+MEMBLOCK_WITHOUT_MEMMAP = "memblock-without-memmap"
+MEMMAP_WITHOUT_MEMBLOCK = "memmap-without-memblock"
+ORPHANED_LINK = "orphaned-link"
+MISSING_LINK = "missing-link"
+WRONG_NODE_LINK = "wrong-node-link"
+
+KINDS = (PFN_VALID_MISMATCH, NOT_LINEAR_MAPPED, MEMBLOCK_WITHOUT_MEMMAP,
+         MEMMAP_WITHOUT_MEMBLOCK, ORPHANED_LINK, MISSING_LINK, WRONG_NODE_LINK)
+
+NODE_TO_BLOCK = "node-to-block"
+BLOCK_TO_NODE = "block-to-node"
+NUMA_NO_NODE = -1
+
+# Facts list at most this many sections or regions per finding, plus a count.
+MAX_LISTED = 16
+
+_EVERYTHING = RangeSet([(0, 1 << 64)])
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a range is reported: a stable code, a severity and a sentence."""
+
+    code: str
+    severity: str
+    text: str
+
+
+@dataclass
+class PfnSets:
+    """The model as pfn sets, computed once per check run.
+
+    ``memmap`` holds the pfns whose struct pages the kernel initialised:
+    whole early sections, and the active subsections of the others.
+    ``memblock_memory``/``nomap`` are None when memblock is unavailable.
+    """
+
+    valid: RangeSet
+    early: RangeSet
+    nonearly: RangeSet
+    zone_device: RangeSet
+    active: RangeSet
+    memmap: RangeSet
+    blocks: RangeSet
+    memblock_memory: Optional[RangeSet]
+    nomap: Optional[RangeSet]
+    pfn_valid: Optional[RangeSet]
+    pfn_is_map_memory: Optional[RangeSet]
+    rule: kernels.PfnValidRule
+
+
+# ------------------------------------------------------------------ pfn sets
+
+def section_range(kernel: KernelFacts, nr: int) -> Tuple[int, int]:
+    """[start, end) pfns of section ``nr``."""
+    return nr << kernel.pfn_section_shift, (nr + 1) << kernel.pfn_section_shift
+
+
+def block_range(kernel: KernelFacts, block_id: int) -> Tuple[int, int]:
+    """[start, end) pfns of memory block ``block_id``."""
+    return block_id * kernel.pages_per_block, (block_id + 1) * kernel.pages_per_block
+
+
+def _sections_set(kernel: KernelFacts, sections: Iterable[Section]) -> RangeSet:
+    return RangeSet(section_range(kernel, s.nr) for s in sections)
+
+
+def _active_subsections(kernel: KernelFacts, nonearly: List[Section]) -> RangeSet:
+    """Active subsection pfns of the non-early valid sections; a section
+    whose map is absent counts as wholly active (no subsection maps before
+    v5.3 or without SPARSEMEM_VMEMMAP, where pfn_section_valid() is 1; an
+    unreadable map was reported by the reader and must not invent findings)."""
+    if not kernels.subsections_exist(kernel):
+        return _sections_set(kernel, nonearly)
+    sub_shift = kernel.subsection_shift - kernel.page_shift
+    pieces: List[Tuple[int, int]] = []
+    for section in nonearly:
+        if section.subsection_map is None:
+            pieces.append(section_range(kernel, section.nr))
+        else:
+            pieces.extend(from_subsection_map(
+                section.nr, section.subsection_map, kernel.pfn_section_shift, sub_shift))
+    return RangeSet(pieces)
+
+
+def _memblock_sets(kernel: KernelFacts, memory: MemblockType
+                   ) -> Tuple[Optional[RangeSet], Optional[RangeSet]]:
+    if not memory.available:
+        return None, None
+    regions = [(r.base, r.end) for r in memory.regions]
+    nomap = [(r.base, r.end) for r in memory.regions if is_nomap(r)]
+    return (from_byte_regions(regions, kernel.page_shift),
+            from_byte_regions(nomap, kernel.page_shift))
+
+
+def is_nomap(region: MemblockRegion) -> bool:
+    """MEMBLOCK_NOMAP, by DWARF name when the reader decoded names."""
+    if region.flag_names:
+        return kernels.MEMBLOCK_NOMAP in region.flag_names
+    return bool(region.flags & kernels.memblock_flag_bits((4, 5, 0))[kernels.MEMBLOCK_NOMAP])
+
+
+def modelled_pfn_valid(rule: kernels.PfnValidRule, valid: RangeSet, early: RangeSet,
+                       active: RangeSet, memblock_memory: Optional[RangeSet],
+                       nomap: Optional[RangeSet]) -> Optional[RangeSet]:
+    """The pfns the kernel's pfn_valid() accepts, or None when the rule
+    needs memblock and memblock is unavailable.
+
+    >>> r = modelled_pfn_valid(kernels.GENERIC_SUBSECTION, RangeSet([(0, 16)]),
+    ...     RangeSet([(0, 8)]), RangeSet([(8, 12)]), None, None)
+    >>> r.ranges
+    ((0, 12),)
+    """
+    memblock = None
+    if rule.memblock_test is not None:
+        if memblock_memory is None:
+            return None
+        memblock = memblock_memory
+        if rule.memblock_test == kernels.MAP_MEMORY:
+            memblock = memblock_memory - nomap
+    base = valid if rule.requires_valid_section else _EVERYTHING
+    if not rule.nonearly_from_subsections:
+        return base & memblock if memblock is not None else base
+    early_part = base & early
+    if memblock is not None:
+        early_part = early_part & memblock
+    return early_part | (base & active)
+
+
+def pfn_sets(model: Model) -> PfnSets:
+    """Build every pfn set the checks use."""
+    kernel = model.kernel
+    valid_sections = [s for s in model.sections if s.valid]
+    early_sections = [s for s in valid_sections if s.early]
+    nonearly_sections = [s for s in valid_sections if not s.early]
+    valid = _sections_set(kernel, valid_sections)
+    early = _sections_set(kernel, early_sections)
+    nonearly = _sections_set(kernel, nonearly_sections)
+    active = _active_subsections(kernel, nonearly_sections)
+    blocks = RangeSet(block_range(kernel, b.id) for b in model.blocks)
+    memory, nomap = _memblock_sets(kernel, model.memblock_memory)
+    rule = kernels.rule_for(kernel)
+    pfn_valid = modelled_pfn_valid(rule, valid, early, active, memory, nomap)
+    map_memory = None
+    if kernels.has_pfn_is_map_memory(kernel.arch, kernel.version) and memory is not None:
+        map_memory = memory - nomap
+    return PfnSets(
+        valid=valid, early=early, nonearly=nonearly,
+        zone_device=_zone_device_set(kernel, nonearly_sections, blocks),
+        active=active, memmap=early | active, blocks=blocks,
+        memblock_memory=memory, nomap=nomap, pfn_valid=pfn_valid,
+        pfn_is_map_memory=map_memory, rule=rule)
+
+
+def _zone_device_set(kernel: KernelFacts, nonearly: List[Section], blocks: RangeSet) -> RangeSet:
+    """Non-early sections that are ZONE_DEVICE: tainted (v5.12, 1f90a3477df3)
+    or, before the taint existed, covered by no memory block (only
+    add_memory() creates blocks; memremap_pages() never does)."""
+    tainted = _sections_set(kernel, (s for s in nonearly if s.zone_device))
+    untainted = _sections_set(kernel, (s for s in nonearly if not s.zone_device))
+    return tainted | (untainted - blocks)
+
+
+# ------------------------------------------------------------------ helpers
+
+class _Context:
+    """Lookups shared by the checks: sections and regions by pfn."""
+
+    def __init__(self, model: Model, sets: PfnSets):
+        self.model = model
+        self.kernel = model.kernel
+        self.sets = sets
+        self.sections = {s.nr: s for s in model.sections}
+        self.blocks = {b.id: b for b in model.blocks}
+        self.nodes = {n.nid: n for n in model.nodes}
+
+    def sections_facts(self, start: int, end: int) -> Dict[str, Any]:
+        shift = self.kernel.pfn_section_shift
+        first, last = start >> shift, (end - 1) >> shift
+        present = [self.sections[nr] for nr in range(first, min(last, first + MAX_LISTED - 1) + 1)
+                   if nr in self.sections]
+        return {"sections": [section_facts(self.kernel, s) for s in present],
+                "section_count": last - first + 1}
+
+    def regions_facts(self, start: int, end: int) -> Dict[str, Any]:
+        facts: Dict[str, Any] = {}
+        for mtype in (self.model.memblock_memory, self.model.memblock_reserved):
+            if not mtype.available:
+                continue
+            hits = regions_overlapping(mtype.regions, self.kernel, start, end)
+            facts[f"memblock_{mtype.name}"] = [region_facts(r) for r in hits[:MAX_LISTED]]
+            if len(hits) > MAX_LISTED:
+                facts[f"memblock_{mtype.name}_count"] = len(hits)
+        return facts
+
+    def range_facts(self, start: int, end: int) -> Dict[str, Any]:
+        facts = {"phys_start": start << self.kernel.page_shift,
+                 "phys_end": end << self.kernel.page_shift}
+        facts.update(self.sections_facts(start, end))
+        facts.update(self.regions_facts(start, end))
+        return facts
+
+
+def section_facts(kernel: KernelFacts, section: Section) -> Dict[str, Any]:
+    """The kernel facts of one section, JSON-ready."""
+    facts = {"nr": section.nr, "address": section.address,
+             "section_mem_map": section.mem_map, "flags": sorted(section.flags),
+             "usage": section.usage_address}
+    if section.subsection_map is not None:
+        facts["subsection_map"] = section.subsection_map
+        facts["subsections"] = kernel.section_size_bits - (kernel.subsection_shift or 0)
+    return facts
+
+
+def region_facts(region: MemblockRegion) -> Dict[str, Any]:
+    return {"base": region.base, "size": region.size, "flags": region.flags,
+            "flag_names": list(region.flag_names), "nid": region.nid}
+
+
+def regions_overlapping(regions: Iterable[MemblockRegion], kernel: KernelFacts,
+                        start: int, end: int) -> List[MemblockRegion]:
+    """Regions with a byte in pfns [start, end)."""
+    lo, hi = start << kernel.page_shift, end << kernel.page_shift
+    return [r for r in regions if r.base < hi and r.end > lo]
+
+
+def _range_findings(ctx: _Context, kind: str, pieces: Iterable[Tuple[int, int, Reason]],
+                    extra: Optional[Dict[str, Any]] = None) -> List[Finding]:
+    findings = []
+    for start, end, reason in labelled_runs(pieces):
+        facts = {"reason_code": reason.code}
+        facts.update(extra or {})
+        facts.update(ctx.range_facts(start, end))
+        findings.append(Finding(kind=kind, severity=reason.severity, reason=reason.text,
+                                start_pfn=start, end_pfn=end, facts=facts))
+    return findings
+
+
+def _label(ranges: RangeSet, reason: Reason) -> List[Tuple[int, int, Reason]]:
+    return [(s, e, reason) for s, e in ranges]
+
+
+# ------------------------------------------------------------------ checks
+
+def check_pfn_valid_mismatch(ctx: _Context) -> List[Finding]:
+    """Pfns of valid sections (struct pages exist) that the kernel's own
+    pfn_valid() rejects, split by the cause."""
+    sets = ctx.sets
+    if sets.pfn_valid is None:
+        return []
+    mismatch = sets.valid - sets.pfn_valid
+    rule = sets.rule
+    pieces = []
+    inactive = (mismatch & sets.nonearly) - sets.active if rule.nonearly_from_subsections \
+        else RangeSet()
+    pieces += _label(inactive & sets.zone_device, Reason(
+        "subsection-inactive-zone-device", "info",
+        "subsection not active in a ZONE_DEVICE section: pfn_valid() answers from "
+        "the subsection map (by design since v5.3)"))
+    pieces += _label(inactive - sets.zone_device, Reason(
+        "subsection-inactive", "info",
+        "subsection not active in a hot-added section (partial hot-add): pfn_valid() "
+        "answers from the subsection map (by design since v5.3)"))
+    rest = mismatch - inactive
+    if rule.memblock_based:
+        pieces += _memblock_mismatch_pieces(ctx, rest)
+    else:
+        pieces += _label(rest, Reason("unexplained", "warning",
+                                      "pfn_valid() false for a valid section (unexplained)"))
+    return _range_findings(ctx, PFN_VALID_MISMATCH, pieces,
+                           {"pfn_valid_rule": rule.name, "pfn_valid_source": rule.source})
+
+
+def _memblock_mismatch_pieces(ctx: _Context, rest: RangeSet) -> List[Tuple[int, int, Reason]]:
+    sets = ctx.sets
+    test = sets.rule.memblock_test
+    nomap = (rest & sets.nomap) if test == kernels.MAP_MEMORY else RangeSet()
+    absent = rest - sets.memblock_memory
+    zone_device_absent = absent & sets.zone_device
+    pieces = _label(nomap, Reason(
+        "memblock-nomap", "warning",
+        f"memblock NOMAP region: the arch pfn_valid() asks {test}(), so these struct "
+        "pages exist but pfn_valid() is false (the 2019 class)"))
+    pieces += _label(zone_device_absent, Reason(
+        "zone-device-not-in-memblock", "warning",
+        f"ZONE_DEVICE memory is never in memblock.memory and the arch pfn_valid() asks "
+        f"{test}() (fixed in v5.12 by eeb0753ba27b)"))
+    pieces += _label(absent - zone_device_absent, Reason(
+        "not-in-memblock", "warning",
+        f"not in memblock.memory (hole or removed memory): the arch pfn_valid() asks "
+        f"{test}(), so these struct pages exist but pfn_valid() is false (the 2019 class)"))
+    explained = nomap | absent
+    pieces += _label(rest - explained, Reason(
+        "unexplained", "warning", "pfn_valid() false for a valid section (unexplained)"))
+    return pieces
+
+
+def check_not_linear_mapped(ctx: _Context) -> List[Finding]:
+    """arm64 v5.14+: struct page and pfn_valid() true, pfn_is_map_memory() false."""
+    sets = ctx.sets
+    if sets.pfn_is_map_memory is None or sets.pfn_valid is None:
+        return []
+    unmapped = sets.pfn_valid - sets.pfn_is_map_memory
+    nomap = unmapped & sets.nomap
+    absent = unmapped - sets.memblock_memory
+    pieces = _label(nomap, Reason(
+        "memblock-nomap", "info",
+        "memblock NOMAP region: pfn_valid() true (struct pages exist) but "
+        "pfn_is_map_memory() false: not in the linear map"))
+    pieces += _label(absent & sets.zone_device, Reason(
+        "zone-device", "info",
+        "ZONE_DEVICE memory is not in memblock.memory: pfn_is_map_memory() false"))
+    pieces += _label((absent - sets.zone_device), Reason(
+        "not-in-memblock", "info",
+        "hole inside an early section: pfn_valid() true (struct pages exist) but "
+        "not in memblock.memory, so pfn_is_map_memory() false"))
+    return _range_findings(ctx, NOT_LINEAR_MAPPED, pieces)
+
+
+def check_memblock_without_memmap(ctx: _Context) -> List[Finding]:
+    """memblock.memory pfns whose section has no memmap."""
+    sets = ctx.sets
+    if sets.memblock_memory is None:
+        return []
+    missing = sets.memblock_memory - sets.valid
+    return _range_findings(ctx, MEMBLOCK_WITHOUT_MEMMAP, _label(missing, Reason(
+        "no-memmap", "warning",
+        "in memblock.memory but its section has no memmap (no struct pages)")))
+
+
+def check_memmap_without_memblock(ctx: _Context) -> List[Finding]:
+    """Pfns with struct pages that memblock.memory does not hold, split by
+    whether the kernel ever puts such memory in memblock."""
+    sets = ctx.sets
+    if sets.memblock_memory is None:
+        return []
+    missing = sets.memmap - sets.memblock_memory
+    early_holes = missing & sets.early
+    zone_device = (missing - early_holes) & sets.zone_device
+    hot_added = missing - early_holes - zone_device
+    pieces = _label(early_holes, Reason(
+        "early-section-hole", "info",
+        "hole inside an early section: the whole section has struct pages by design"))
+    pieces += _label(zone_device, Reason(
+        "zone-device", "info",
+        "ZONE_DEVICE memory: memremap_pages() never adds it to memblock"))
+    if kernels.hotplug_updates_memblock(ctx.kernel):
+        pieces += _label(hot_added, Reason(
+            "hot-added-not-in-memblock", "warning",
+            "hot-added memory missing from memblock.memory although this kernel "
+            "(ARCH_KEEP_MEMBLOCK) adds hot-added memory to memblock"))
+    else:
+        pieces += _label(hot_added, Reason(
+            "hot-added-arch-discards-memblock", "info",
+            "hot-added memory: this arch has no ARCH_KEEP_MEMBLOCK, so hotplug never "
+            "updates memblock"))
+    return _range_findings(ctx, MEMMAP_WITHOUT_MEMBLOCK, pieces)
+
+
+# ------------------------------------------------------------------ links
+
+class _Links:
+    """Links indexed both ways, plus the nodes each block belongs to."""
+
+    def __init__(self, ctx: _Context):
+        self.ctx = ctx
+        self.node_to_block: Dict[Tuple[int, int], List[NodeLink]] = defaultdict(list)
+        self.block_to_node: Dict[Tuple[int, int], List[NodeLink]] = defaultdict(list)
+        self.by_block: Dict[int, List[NodeLink]] = defaultdict(list)
+        for link in ctx.model.links:
+            index = self.node_to_block if link.direction == NODE_TO_BLOCK else self.block_to_node
+            index[(link.node, link.block)].append(link)
+            self.by_block[link.block].append(link)
+        self.block_nodes = _block_nodes(ctx)
+
+    def live(self, index: Dict[Tuple[int, int], List[NodeLink]], node: int, block: int) -> bool:
+        return any(link.target_live for link in index.get((node, block), ()))
+
+
+def _valid_nid(nid: Optional[int], kernel: KernelFacts) -> bool:
+    # memblock used MAX_NUMNODES for "any node" before NUMA_NO_NODE (v5.1).
+    return nid is not None and 0 <= nid < kernel.max_numnodes
+
+
+def _block_nodes(ctx: _Context) -> Dict[int, Dict[int, List[str]]]:
+    """block id -> node -> evidence ("block nid", "memblock", "page nid")."""
+    kernel = ctx.kernel
+    nodes: Dict[int, Dict[int, List[str]]] = defaultdict(lambda: defaultdict(list))
+    for block in ctx.model.blocks:
+        if _valid_nid(block.nid, kernel):
+            nodes[block.id][block.nid].append("memory_block.nid")
+    if ctx.model.memblock_memory.available:
+        for region in ctx.model.memblock_memory.regions:
+            if not _valid_nid(region.nid, kernel) or region.size <= 0:
+                continue
+            first = (region.base >> kernel.page_shift) // kernel.pages_per_block
+            last = ((region.end - 1) >> kernel.page_shift) // kernel.pages_per_block
+            for block_id in range(first, last + 1):
+                if block_id in ctx.blocks:
+                    nodes[block_id][region.nid].append("memblock.memory region nid")
+    for pfn, nid in ctx.model.page_nids.items():
+        block_id = pfn // kernel.pages_per_block
+        if _valid_nid(nid, kernel) and block_id in ctx.blocks \
+                and "page nid" not in nodes[block_id][nid]:
+            nodes[block_id][nid].append("page nid")
+    return {block_id: dict(by_node) for block_id, by_node in nodes.items()}
+
+
+def _link_facts(link: NodeLink) -> Dict[str, Any]:
+    return {"direction": link.direction, "name": link.name, "kn": link.kn_address,
+            "target": link.target_address, "target_name": link.target_name,
+            "target_live": link.target_live,
+            "target_dead_reasons": list(link.target_dead_reasons),
+            "target_block": link.target_block, "target_node": link.target_node}
+
+
+def check_orphaned_links(ctx: _Context, links: _Links) -> List[Finding]:
+    """Links whose target kernfs node is dead, or whose block/node is gone."""
+    findings = []
+    for link in ctx.model.links:
+        reason = _orphan_reason(ctx, link)
+        if reason is None:
+            continue
+        where = (f"node{link.node}/{link.name}" if link.direction == NODE_TO_BLOCK
+                 else f"memory{link.block}/{link.name}")
+        findings.append(Finding(
+            kind=ORPHANED_LINK, severity="error", reason=f"{where}: {reason}",
+            node=link.node, block=link.block,
+            facts={"link": _link_facts(link),
+                   "block_exists": link.block in ctx.blocks,
+                   "node_exists": link.node in ctx.nodes}))
+    return findings
+
+
+def _orphan_reason(ctx: _Context, link: NodeLink) -> Optional[str]:
+    if not link.target_live:
+        dead = ", ".join(link.target_dead_reasons) or "not live"
+        return f"target {link.target_name or 'kernfs node'} removed ({dead})"
+    if link.direction == NODE_TO_BLOCK and link.block not in ctx.blocks:
+        return f"memory block {link.block} no longer exists"
+    if link.direction == BLOCK_TO_NODE and link.node not in ctx.nodes:
+        return f"node {link.node} does not exist"
+    return None
+
+
+def check_wrong_node_links(ctx: _Context, links: _Links) -> List[Finding]:
+    """Live links naming a node the block's memory is not on."""
+    findings = []
+    for link in ctx.model.links:
+        evidence = links.block_nodes.get(link.block)
+        if not link.target_live or link.block not in ctx.blocks or not evidence \
+                or link.node in evidence:
+            continue
+        on = ", ".join(f"node{nid} ({'; '.join(why)})" for nid, why in sorted(evidence.items()))
+        findings.append(Finding(
+            kind=WRONG_NODE_LINK, severity="error",
+            reason=f"{link.direction} link node{link.node} <-> memory{link.block}, "
+                   f"but the block is on {on}",
+            node=link.node, block=link.block,
+            facts={"link": _link_facts(link),
+                   "block_nodes": {str(k): v for k, v in sorted(evidence.items())}}))
+    return findings
+
+
+def check_missing_links(ctx: _Context, links: _Links) -> List[Finding]:
+    """Online blocks without a live link to (and from) each node they are on."""
+    findings = []
+    for block in ctx.model.blocks:
+        if block.state != "online":
+            continue
+        nodes = sorted(links.block_nodes.get(block.id, {})) or [NUMA_NO_NODE]
+        for nid in nodes:
+            missing = _missing_directions(links, nid, block.id)
+            if missing:
+                findings.append(_missing_link_finding(ctx, links, block, nid, missing))
+    return findings
+
+
+def _missing_directions(links: _Links, nid: int, block_id: int) -> List[str]:
+    if nid == NUMA_NO_NODE:
+        # No node known: any live link of the block counts.
+        has_any = any(l.target_live for l in links.by_block.get(block_id, ()))
+        return [] if has_any else [NODE_TO_BLOCK, BLOCK_TO_NODE]
+    missing = []
+    if not links.live(links.node_to_block, nid, block_id):
+        missing.append(NODE_TO_BLOCK)
+    if not links.live(links.block_to_node, nid, block_id):
+        missing.append(BLOCK_TO_NODE)
+    return missing
+
+
+def _missing_link_finding(ctx: _Context, links: _Links, block, nid: int,
+                          missing: List[str]) -> Finding:
+    start, end = block_range(ctx.kernel, block.id)
+    names = {NODE_TO_BLOCK: f"node{nid}/memory{block.id}",
+             BLOCK_TO_NODE: f"memory{block.id}/node{nid}"}
+    absent = " and ".join(names[d] for d in missing)
+    facts: Dict[str, Any] = {
+        "missing": missing, "block_state": block.state, "block_nid": block.nid,
+        "block_address": block.address, "start_section_nr": block.start_section_nr,
+        "block_nodes": {str(k): v for k, v in sorted(links.block_nodes.get(block.id, {}).items())},
+        "links": [_link_facts(l) for l in links.by_block.get(block.id, ())],
+        "block_start_pfn": start, "block_end_pfn": end}
+    severity, reason = "error", f"online memory{block.id} has no {absent}"
+    if nid == NUMA_NO_NODE:
+        reason = f"online memory{block.id} has no node link at all and no known node"
+    valid = ctx.sets.pfn_valid
+    if valid is not None and not valid.intersects(start, end):
+        severity = "warning"
+        reason += (f": pfn_valid() is false for every pfn of the block "
+                   f"({ctx.sets.rule.name}), so get_nid_for_pfn() returns -1 and "
+                   "registering the block under its node links nothing (the 2019 mechanism)")
+        facts["pfn_valid_rule"] = ctx.sets.rule.name
+        facts["pfn_valid_pfns_in_block"] = 0
+    return Finding(kind=MISSING_LINK, severity=severity, reason=reason,
+                   node=nid, block=block.id, facts=facts)
+
+
+# ------------------------------------------------------------------ entry points
+
+def run_checks(model: Model) -> List[Finding]:
+    """Every check on one model, findings sorted by kind order then position.
+
+    >>> # run_checks(model) -> [Finding(kind="orphaned-link", ...), ...]
+    """
+    ctx = _Context(model, pfn_sets(model))
+    links = _Links(ctx)
+    findings = (check_pfn_valid_mismatch(ctx) + check_not_linear_mapped(ctx)
+                + check_memblock_without_memmap(ctx) + check_memmap_without_memblock(ctx)
+                + check_orphaned_links(ctx, links) + check_missing_links(ctx, links)
+                + check_wrong_node_links(ctx, links))
+    order = {kind: i for i, kind in enumerate(KINDS)}
+    return sorted(findings, key=lambda f: (order[f.kind], f.start_pfn or 0,
+                                           f.node or 0, f.block or 0))
+
+
+def skipped_checks(model: Model) -> List[Dict[str, str]]:
+    """Checks that could not run on this model, each with why.
+
+    >>> # [{"check": "memblock-without-memmap", "reason": "memblock unavailable ..."}]
+    """
+    skipped = []
+    memory = model.memblock_memory
+    rule = kernels.rule_for(model.kernel)
+    why = memory.reason or "memblock.memory unavailable"
+    if not memory.available:
+        for kind in (MEMBLOCK_WITHOUT_MEMMAP, MEMMAP_WITHOUT_MEMBLOCK):
+            skipped.append({"check": kind, "reason": why})
+        if rule.memblock_based:
+            skipped.append({"check": PFN_VALID_MISMATCH,
+                            "reason": f"{rule.name} pfn_valid() needs memblock: {why}"})
+    if not kernels.has_pfn_is_map_memory(model.kernel.arch, model.kernel.version):
+        skipped.append({"check": NOT_LINEAR_MAPPED,
+                        "reason": "the kernel has no pfn_is_map_memory() (arm64 v5.14+ only)"})
+    elif not memory.available:
+        skipped.append({"check": NOT_LINEAR_MAPPED, "reason": why})
+    return skipped
+
+
+def explain(model: Model, pfn: int) -> Dict[str, Any]:
+    """Every predicate for one pfn, with the kernel objects behind it.
+
+    >>> # explain(model, 0x40000)["pfn_valid"] -> {"value": True, "rule": ...}
+    """
+    sets = pfn_sets(model)
+    ctx = _Context(model, sets)
+    kernel = model.kernel
+    section_nr = pfn >> kernel.pfn_section_shift
+    return {
+        "pfn": pfn,
+        "phys": pfn << kernel.page_shift,
+        "section": _explain_section(kernel, ctx.sections.get(section_nr), section_nr, pfn),
+        "pfn_valid": _explain_pfn_valid(sets, pfn),
+        "pfn_is_map_memory": (None if sets.pfn_is_map_memory is None
+                              else pfn in sets.pfn_is_map_memory),
+        "struct_page_initialised": pfn in sets.memmap,
+        "zone_device": pfn in sets.zone_device,
+        "memblock": _explain_memblock(model, pfn),
+        "memory_block": _explain_block(ctx, pfn),
+        "page_nid": model.page_nids.get(pfn),
+        "findings": [f.to_dict() for f in run_checks(model) if _finding_covers(ctx, f, pfn)],
+    }
+
+
+def _explain_section(kernel: KernelFacts, section: Optional[Section], nr: int,
+                     pfn: int) -> Dict[str, Any]:
+    facts: Dict[str, Any] = {"nr": nr, "present": section is not None}
+    if nr >= kernel.nr_mem_sections:
+        facts["beyond_nr_mem_sections"] = True
+    if section is None:
+        return facts
+    facts.update(section_facts(kernel, section))
+    facts.update(valid=section.valid, early=section.early, online=section.online,
+                 zone_device_taint=section.zone_device)
+    if section.subsection_map is not None and kernel.subsection_shift:
+        index = (pfn - (nr << kernel.pfn_section_shift)) >> (
+            kernel.subsection_shift - kernel.page_shift)
+        facts["subsection"] = index
+        facts["subsection_active"] = bool(section.subsection_map >> index & 1)
+    return facts
+
+
+def _explain_pfn_valid(sets: PfnSets, pfn: int) -> Dict[str, Any]:
+    return {"value": None if sets.pfn_valid is None else pfn in sets.pfn_valid,
+            "rule": sets.rule.name, "source": sets.rule.source,
+            "valid_section": pfn in sets.valid,
+            "early_section": pfn in sets.early,
+            "subsection_active": pfn in sets.active if pfn in sets.nonearly else None}
+
+
+def _explain_memblock(model: Model, pfn: int) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    shift = model.kernel.page_shift
+    for mtype in (model.memblock_memory, model.memblock_reserved):
+        if not mtype.available:
+            out[mtype.name] = {"available": False, "reason": mtype.reason}
+            continue
+        hits = [r for r in mtype.regions if r.base <= pfn << shift < r.end]
+        out[mtype.name] = {"available": True, "regions": [region_facts(r) for r in hits]}
+    return out
+
+
+def _explain_block(ctx: _Context, pfn: int) -> Optional[Dict[str, Any]]:
+    block_id = pfn // ctx.kernel.pages_per_block
+    block = ctx.blocks.get(block_id)
+    links = [_link_facts(l) for l in ctx.model.links if l.block == block_id]
+    if block is None:
+        return {"id": block_id, "exists": False, "links": links}
+    return {"id": block.id, "exists": True, "address": block.address, "state": block.state,
+            "nid": block.nid, "zone": block.zone, "start_section_nr": block.start_section_nr,
+            "links": links}
+
+
+def _finding_covers(ctx: _Context, finding: Finding, pfn: int) -> bool:
+    if finding.start_pfn is not None:
+        return finding.start_pfn <= pfn < finding.end_pfn
+    return finding.block == pfn // ctx.kernel.pages_per_block

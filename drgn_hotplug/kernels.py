@@ -1,0 +1,282 @@
+"""Every kernel-version and architecture rule drgn-hotplug depends on.
+
+Each fork names the kernel commit (or release) that introduced the
+behaviour, so a reader can check it against the kernel history. Readers
+prefer what the analysed kernel says about itself (DWARF enumerators,
+config, the functions inlined into its pfn_valid()); the version tables here
+are fallbacks and the choice of the pfn_valid() model.
+
+>>> rule = pfn_valid_rule("x86_64", (6, 1, 115))
+>>> rule.name, rule.nonearly_from_subsections, rule.memblock_test
+('generic-subsection', True, None)
+>>> pfn_valid_rule("aarch64", (5, 10, 223), ("valid_section",)).name
+'arm64-memblock-map'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Tuple
+
+from .model import KernelFacts
+
+Version = Tuple[int, int, int]
+
+ARM64 = "aarch64"
+
+# memblock_is_map_memory(): in memblock.memory and not MEMBLOCK_NOMAP.
+MAP_MEMORY = "memblock_is_map_memory"
+# memblock_is_memory(): in memblock.memory, whatever the flags.
+MEMORY = "memblock_is_memory"
+
+
+@dataclass(frozen=True)
+class PfnValidRule:
+    """How one kernel's ``pfn_valid()`` decides, as three ingredients.
+
+    - ``requires_valid_section``: false pfns outside a section with a memmap.
+    - ``nonearly_from_subsections``: sections not marked IS_EARLY answer from
+      their subsection map (``pfn_section_valid()``); early sections are
+      valid as a whole unless ``memblock_test`` says otherwise.
+    - ``memblock_test``: the memblock predicate the answer ends with, for
+      early sections (or for every section when non-early ones do not
+      answer from the subsection map): MAP_MEMORY, MEMORY or None.
+
+    ``source`` is the kernel code the rule transcribes, with its commit.
+    """
+
+    name: str
+    requires_valid_section: bool
+    nonearly_from_subsections: bool
+    memblock_test: Optional[str]
+    source: str
+
+    @property
+    def memblock_based(self) -> bool:
+        return self.memblock_test is not None
+
+
+GENERIC_SECTION = PfnValidRule(
+    "generic-section", True, False, None,
+    "include/linux/mmzone.h before v5.3: valid_section(__nr_to_section(nr))")
+GENERIC_SUBSECTION = PfnValidRule(
+    "generic-subsection", True, True, None,
+    "include/linux/mmzone.h since v5.3 (f46edbd1b151 'mm/sparsemem: add "
+    "helpers track active portions of a section at boot'): valid_section(ms) "
+    "&& (early_section(ms) || pfn_section_valid(ms, pfn))")
+ARM64_MEMBLOCK_MEMORY_ONLY = PfnValidRule(
+    "arm64-memblock-memory-only", False, False, MEMORY,
+    "arch/arm64/mm/init.c before v4.5: memblock_is_memory(pfn << PAGE_SHIFT)")
+ARM64_MAP_MEMORY_ONLY = PfnValidRule(
+    "arm64-memblock-map-only", False, False, MAP_MEMORY,
+    "arch/arm64/mm/init.c v4.5 (68709f45385a 'arm64: only consider memblocks "
+    "with NOMAP cleared for linear mapping') to v5.6: memblock_is_map_memory(addr)")
+ARM64_MAP_MEMORY = PfnValidRule(
+    "arm64-memblock-map", True, False, MAP_MEMORY,
+    "arch/arm64/mm/init.c v5.7 (bbd6ec605c0f 'arm64/mm: Enable memory hot "
+    "remove') to v5.11: valid_section() then memblock_is_map_memory(addr)")
+ARM64_MAP_MEMORY_HOTPLUG = PfnValidRule(
+    "arm64-memblock-map-hotplug", True, True, MAP_MEMORY,
+    "arch/arm64/mm/init.c v5.12 (eeb0753ba27b 'arm64/mm: Fix pfn_valid() for "
+    "ZONE_DEVICE based memory') to v5.13: non-early sections answer from "
+    "pfn_section_valid(), early ones from memblock_is_map_memory(addr)")
+ARM64_MEMORY_HOTPLUG = PfnValidRule(
+    "arm64-memblock-memory", True, True, MEMORY,
+    "arch/arm64/mm/init.c v5.14 (3eb9cdffb397 'Partially revert \"arm64/mm: "
+    "drop HAVE_ARCH_PFN_VALID\"') and 5.15: non-early sections answer from "
+    "pfn_section_valid(), early ones from memblock_is_memory(addr)")
+
+
+def pfn_valid_rule(arch: str, version: Version,
+                   arch_pfn_valid_inlines: Optional[Iterable[str]] = None) -> PfnValidRule:
+    """The ``pfn_valid()`` model of one kernel.
+
+    ``arch_pfn_valid_inlines`` are the functions the reader found inlined
+    into (or called from) the kernel's out-of-line ``pfn_valid`` symbol;
+    None when there is no such symbol (the generic static inline is used).
+    That evidence wins over the version because stable trees may carry a
+    later rule without the version bump (eeb0753ba27b on 5.10.y).
+
+    >>> pfn_valid_rule("x86_64", (5, 2, 0)).name
+    'generic-section'
+    >>> pfn_valid_rule("aarch64", (5, 10, 0), ("valid_section", "early_section",
+    ...                "pfn_section_valid")).name
+    'arm64-memblock-map-hotplug'
+    >>> pfn_valid_rule("aarch64", (5, 15, 100)).name, pfn_valid_rule("aarch64", (6, 1, 0)).name
+    ('generic-subsection', 'generic-subsection')
+    """
+    if arch == ARM64 and _arm64_has_arch_pfn_valid(version, arch_pfn_valid_inlines):
+        return _arm64_rule(version, frozenset(arch_pfn_valid_inlines or ()))
+    # v5.3: f46edbd1b151 made generic pfn_valid() consult the subsection map.
+    if version < (5, 3, 0):
+        return GENERIC_SECTION
+    return GENERIC_SUBSECTION
+
+
+def _arm64_has_arch_pfn_valid(version: Version,
+                              inlines: Optional[Iterable[str]]) -> bool:
+    # v5.16: 3de360c3fdb3 'arm64/mm: drop HAVE_ARCH_PFN_VALID' switched arm64
+    # to the generic pfn_valid(); 5.15.y received it as a backport, so on
+    # 5.15 only the presence of an arch pfn_valid symbol tells.
+    if version >= (5, 16, 0):
+        return False
+    if version[:2] == (5, 15):
+        return inlines is not None
+    return True
+
+
+def _arm64_rule(version: Version, evidence: frozenset) -> PfnValidRule:
+    if version >= (5, 14, 0):
+        return ARM64_MEMORY_HOTPLUG
+    # eeb0753ba27b (v5.12); stable trees carry it without the version bump.
+    if version >= (5, 12, 0) or evidence & {"pfn_section_valid", "early_section"}:
+        return ARM64_MAP_MEMORY_HOTPLUG
+    if version >= (5, 7, 0) or "valid_section" in evidence:
+        return ARM64_MAP_MEMORY
+    # v4.5: 68709f45385a introduced MEMBLOCK_NOMAP and memblock_is_map_memory().
+    if version >= (4, 5, 0):
+        return ARM64_MAP_MEMORY_ONLY
+    return ARM64_MEMBLOCK_MEMORY_ONLY
+
+
+def rule_for(kernel: KernelFacts) -> PfnValidRule:
+    """``pfn_valid_rule()`` for a model's kernel facts."""
+    return pfn_valid_rule(kernel.arch, kernel.version, kernel.arch_pfn_valid_inlines)
+
+
+def has_pfn_is_map_memory(arch: str, version: Version) -> bool:
+    """Whether the kernel has arm64's ``pfn_is_map_memory()``, the linear-map
+    question split off from pfn_valid(): 873ba463914c (v5.14-rc1), kept by
+    the v5.14 partial revert 3eb9cdffb397.
+
+    >>> has_pfn_is_map_memory("aarch64", (5, 14, 0)), has_pfn_is_map_memory("aarch64", (5, 13, 0))
+    (True, False)
+    """
+    return arch == ARM64 and version >= (5, 14, 0)
+
+
+def subsections_exist(kernel: KernelFacts) -> bool:
+    """Subsection maps exist since v5.3 (f46edbd1b151) and only with
+    SPARSEMEM_VMEMMAP; otherwise ``pfn_section_valid()`` returns 1."""
+    return kernel.version >= (5, 3, 0) and kernel.sparsemem_vmemmap
+
+
+# ---------------------------------------------------------------- memblock
+
+# Arches selecting ARCH_KEEP_MEMBLOCK (opt-in since v5.1, 350e88bad496 'mm:
+# memblock: make keeping memblock memory opt-in rather than opt-out'; before
+# it x86 opted out with ARCH_DISCARD_MEMBLOCK). Used only when the reader
+# has no kernel config.
+_KEEP_MEMBLOCK_ARCHES = frozenset({ARM64, "ppc64", "ppc64le", "s390x", "s390"})
+
+
+def arch_keeps_memblock(arch: str, config: Optional[Dict[str, str]] = None) -> bool:
+    """Whether memblock survives boot (CONFIG_ARCH_KEEP_MEMBLOCK).
+
+    >>> arch_keeps_memblock("x86_64"), arch_keeps_memblock("aarch64")
+    (False, True)
+    >>> arch_keeps_memblock("x86_64", {"CONFIG_ARCH_KEEP_MEMBLOCK": "y"})
+    True
+    """
+    if config and "CONFIG_ARCH_KEEP_MEMBLOCK" in config:
+        return config["CONFIG_ARCH_KEEP_MEMBLOCK"] == "y"
+    return arch in _KEEP_MEMBLOCK_ARCHES
+
+
+def hotplug_updates_memblock(kernel: KernelFacts) -> bool:
+    """Whether hot-add/remove add and remove memblock.memory regions:
+    ``add_memory_resource()`` calls memblock_add_node() and
+    ``try_remove_memory()`` memblock_remove() only under
+    IS_ENABLED(CONFIG_ARCH_KEEP_MEMBLOCK) (since v5.1, 350e88bad496)."""
+    return kernel.keeps_memblock
+
+
+def memblock_trust(keeps_memblock: bool, regions_address: int,
+                   init_regions_address: Optional[int], cnt: int, max_: int) -> Optional[str]:
+    """None when a memblock_type array can be trusted, else why not.
+
+    Without ARCH_KEEP_MEMBLOCK, memblock_discard() (v4.13, 3010f876500f)
+    frees resized arrays and leaves ``regions`` dangling; only the static
+    ``memblock_*_init_regions`` array (kept with MEMORY_HOTPLUG's meminit
+    data) stays meaningful. ``cnt <= max`` guards against garbage.
+
+    >>> memblock_trust(False, 0x1000, 0x1000, 3, 128) is None
+    True
+    >>> memblock_trust(False, 0x2000, 0x1000, 3, 128)
+    'memblock unavailable after boot: regions is not the static init array (discarded)'
+    """
+    if not 0 <= cnt <= max_ or max_ <= 0:
+        return f"memblock unavailable after boot: cnt {cnt} exceeds max {max_}"
+    if keeps_memblock:
+        return None
+    if init_regions_address is None:
+        return "memblock unavailable after boot: no static init array symbol to compare with"
+    if regions_address != init_regions_address:
+        return ("memblock unavailable after boot: regions is not the static "
+                "init array (discarded)")
+    return None
+
+
+# Fallback bits of enum memblock_flags when DWARF lacks the enumerators.
+# MEMBLOCK_HOTPLUG v3.13 (66b16edf9eaf), MEMBLOCK_MIRROR v4.3 (a3f5bafcc04a),
+# MEMBLOCK_NOMAP v4.5 (bf3d3cc580f9), MEMBLOCK_DRIVER_MANAGED v5.16
+# (952eea9b01e4). Later flags vary between trees: DWARF only.
+_MEMBLOCK_FLAGS = (("HOTPLUG", 0x1, (3, 13, 0)), ("MIRROR", 0x2, (4, 3, 0)),
+                   ("NOMAP", 0x4, (4, 5, 0)), ("DRIVER_MANAGED", 0x8, (5, 16, 0)))
+MEMBLOCK_NOMAP = "NOMAP"
+
+
+def memblock_flag_bits(version: Version) -> Dict[str, int]:
+    """Fallback ``enum memblock_flags`` values (without MEMBLOCK_ prefix).
+
+    >>> memblock_flag_bits((5, 10, 0))
+    {'HOTPLUG': 1, 'MIRROR': 2, 'NOMAP': 4}
+    """
+    return {name: bit for name, bit, since in _MEMBLOCK_FLAGS if version >= since}
+
+
+def memblock_flag_names(flags: int, bits: Dict[str, int]) -> Tuple[str, ...]:
+    """Names of the set flags; unknown bits as hex.
+
+    >>> memblock_flag_names(0x104, {'NOMAP': 4})
+    ('NOMAP', '0x100')
+    """
+    names = [name for name, bit in sorted(bits.items(), key=lambda kv: kv[1])
+             if flags & bit]
+    rest = flags & ~sum(bits.values())
+    if rest:
+        names.append(hex(rest))
+    return tuple(names)
+
+
+# ---------------------------------------------------------------- sections
+
+def section_flag_bits(version: Version) -> Tuple[Dict[str, int], int]:
+    """Fallback section flag bit numbers and SECTION_MAP_LAST_BIT's number,
+    for kernels older than v6.0 (ed7802dd48f7 turned them into enumerators
+    whose numbering depends on the config: read those from DWARF).
+
+    MARKED_PRESENT/HAS_MEM_MAP since 2.6.13; IS_ONLINE v4.13 (2d070eab2e82);
+    IS_EARLY v5.3 (326e1b8f83a4); TAINT_ZONE_DEVICE v5.12 (1f90a3477df3).
+
+    >>> section_flag_bits((5, 10, 0))
+    ({'MARKED_PRESENT': 0, 'HAS_MEM_MAP': 1, 'IS_ONLINE': 2, 'IS_EARLY': 3}, 4)
+    """
+    names = ["MARKED_PRESENT", "HAS_MEM_MAP"]
+    if version >= (4, 13, 0):
+        names.append("IS_ONLINE")
+    if version >= (5, 3, 0):
+        names.append("IS_EARLY")
+    if version >= (5, 12, 0):
+        names.append("TAINT_ZONE_DEVICE")
+    return {name: bit for bit, name in enumerate(names)}, len(names)
+
+
+def decode_section_flags(section_mem_map: int, bits: Dict[str, int]) -> frozenset:
+    """The flag names set in a raw ``section_mem_map`` word.
+
+    >>> sorted(decode_section_flags(0xffffea0000000000 | 0b1011,
+    ...        section_flag_bits((5, 10, 0))[0]))
+    ['HAS_MEM_MAP', 'IS_EARLY', 'MARKED_PRESENT']
+    """
+    return frozenset(name for name, bit in bits.items() if section_mem_map >> bit & 1)

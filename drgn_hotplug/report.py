@@ -1,0 +1,339 @@
+"""Reports: the JSON document, human tables (tabulate) and the exit status.
+
+Kernel strings (kernfs names, release) may carry terminal control
+characters; every string that reaches a table goes through ``escape()``, and
+JSON output escapes everything outside printable ASCII.
+
+>>> human_size(0x8000000), pfn_range(0x4000, 0x8000)
+('128 MiB', '0x4000-0x7fff')
+>>> exit_status([])
+0
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from tabulate import tabulate
+
+from . import checks, kernels
+from .model import SEVERITIES, Finding, KernelFacts, MemblockType, Model
+
+TOOL = "drgn-hotplug"
+SCHEMA_VERSION = 1
+
+EXIT_CLEAN = 0
+EXIT_FINDINGS = 1
+EXIT_UNANALYSABLE = 2
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+# Crash's `kmem -n` state letters, so the sections table reads the same.
+_SECTION_STATE_LETTERS = (("MARKED_PRESENT", "P"), ("HAS_MEM_MAP", "M"), ("IS_ONLINE", "O"),
+                          ("IS_EARLY", "E"), ("TAINT_ZONE_DEVICE", "D"))
+
+
+# ------------------------------------------------------------------ text helpers
+
+def escape(text: Any) -> str:
+    """A string safe to print on a terminal: control characters (C0, DEL,
+    C1) and backslashes become backslash escapes.
+
+    >>> escape("memory32\\x1b[2J"), escape("a\\\\b"), escape(None)
+    ('memory32\\\\x1b[2J', 'a\\\\\\\\b', '')
+    """
+    if text is None:
+        return ""
+    out = []
+    for ch in str(text):
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif code < 0x20 or 0x7f <= code < 0xa0:
+            out.append(f"\\x{code:02x}")
+        elif 0xd800 <= code < 0xe000:
+            # surrogateescape'd undecodable byte from the kernel
+            out.append(f"\\x{code & 0xff:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def human_size(nbytes: int) -> str:
+    """Binary-prefixed size, exact when it is a whole number of units.
+
+    >>> human_size(4096), human_size(0x7fe0000), human_size(3 << 40), human_size(1536)
+    ('4 KiB', '127.9 MiB', '3 TiB', '1.5 KiB')
+    """
+    value = float(nbytes)
+    for unit in _UNITS:
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            break
+        value /= 1024
+    if value == int(value):
+        return f"{int(value)} {unit}"
+    return f"{value:.1f} {unit}"
+
+
+def pfn_range(start: int, end: int) -> str:
+    """Inclusive hex pfn range of a half-open [start, end)."""
+    return f"{start:#x}-{end - 1:#x}"
+
+
+def _hex(value: Optional[int]) -> str:
+    return "-" if value is None else f"{value:#x}"
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cleaned = [[escape(cell) if isinstance(cell, str) else cell for cell in row] for row in rows]
+    return tabulate(cleaned, headers=list(headers), tablefmt="simple", disable_numparse=True)
+
+
+# ------------------------------------------------------------------ exit status, summary
+
+def summary(findings: Iterable[Finding]) -> Dict[str, int]:
+    """Finding counts per severity (every severity present, zero or not)."""
+    counts = {severity: 0 for severity in SEVERITIES}
+    for finding in findings:
+        counts[finding.severity] += 1
+    return counts
+
+
+def exit_status(findings: Iterable[Finding]) -> int:
+    """0 without warnings or errors, 1 with at least one (2, could not
+    analyse, is the front end's to return).
+
+    >>> exit_status([Finding("not-linear-mapped", "info", "NOMAP")])
+    0
+    >>> exit_status([Finding("orphaned-link", "error", "gone", node=1, block=32)])
+    1
+    """
+    counts = summary(findings)
+    return EXIT_FINDINGS if counts["error"] or counts["warning"] else EXIT_CLEAN
+
+
+# ------------------------------------------------------------------ JSON
+
+def kernel_dict(kernel: KernelFacts) -> Dict[str, Any]:
+    """KernelFacts as JSON-ready fields (tuples become lists)."""
+    out = {
+        "arch": kernel.arch, "release": kernel.release, "version": list(kernel.version),
+        "page_size": kernel.page_size, "section_size_bits": kernel.section_size_bits,
+        "max_physmem_bits": kernel.max_physmem_bits, "nr_mem_sections": kernel.nr_mem_sections,
+        "subsection_shift": kernel.subsection_shift,
+        "memory_block_size": kernel.memory_block_size, "max_numnodes": kernel.max_numnodes,
+        "sparsemem_extreme": kernel.sparsemem_extreme,
+        "sparsemem_vmemmap": kernel.sparsemem_vmemmap,
+        "keeps_memblock": kernel.keeps_memblock, "kaslr_offset": kernel.kaslr_offset,
+        "arch_pfn_valid_inlines": (None if kernel.arch_pfn_valid_inlines is None
+                                   else list(kernel.arch_pfn_valid_inlines)),
+    }
+    out["pfn_valid_rule"] = kernels.rule_for(kernel).name
+    return out
+
+
+def document(model: Model, findings: Optional[List[Finding]] = None, command: str = "check",
+             version: str = "", extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The ``--json`` document of docs/CONTRACTS.md.
+
+    ``findings`` defaults to ``checks.run_checks(model)``; ``extra`` adds
+    command-specific keys (e.g. "sections", "explain").
+    """
+    if findings is None:
+        findings = checks.run_checks(model)
+    doc: Dict[str, Any] = {
+        "tool": TOOL, "version": version, "schema": SCHEMA_VERSION, "command": command,
+        "kernel": kernel_dict(model.kernel),
+        "findings": [f.to_dict() for f in findings],
+        "skipped": checks.skipped_checks(model),
+        "unreadable": [{"what": u.what, "reason": u.reason, "address": u.address}
+                       for u in model.unreadable],
+        "summary": summary(findings),
+    }
+    doc.update(extra or {})
+    return doc
+
+
+def json_text(doc: Dict[str, Any]) -> str:
+    """JSON with every non-printable-ASCII character escaped (json.dumps
+    leaves DEL raw even with ensure_ascii).
+
+    >>> json_text({"name": "a\\x7fb\\x1b"})
+    '{\\n  "name": "a\\\\u007fb\\\\u001b"\\n}'
+    """
+    return json.dumps(doc, indent=2, ensure_ascii=True, sort_keys=False,
+                      default=_json_default).replace("\x7f", "\\u007f")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ------------------------------------------------------------------ tables
+
+def render_kernel(kernel: KernelFacts) -> str:
+    """One header line naming the kernel and the pfn_valid() model used."""
+    version = ".".join(str(v) for v in kernel.version)
+    return (f"kernel {escape(kernel.release)} ({escape(kernel.arch)}, {version}), "
+            f"sections of {human_size(1 << kernel.section_size_bits)}, "
+            f"memory blocks of {human_size(kernel.memory_block_size)}, "
+            f"pfn_valid() model: {kernels.rule_for(kernel).name}")
+
+
+def finding_location(finding: Finding, page_shift: int) -> str:
+    """Where a finding is: a hex pfn range or nodeN/memoryM."""
+    if finding.start_pfn is not None and finding.end_pfn is not None:
+        return f"pfn {pfn_range(finding.start_pfn, finding.end_pfn)}"
+    node = "node?" if finding.node is None or finding.node < 0 else f"node{finding.node}"
+    return f"{node}/memory{finding.block}"
+
+
+def finding_size(finding: Finding, page_shift: int) -> str:
+    if finding.start_pfn is None or finding.end_pfn is None:
+        return ""
+    return human_size((finding.end_pfn - finding.start_pfn) << page_shift)
+
+
+def render_findings(findings: Sequence[Finding], kernel: KernelFacts) -> str:
+    """One line per finding: severity, kind, where, size, reason."""
+    if not findings:
+        return "no findings"
+    shift = kernel.page_shift
+    rows = [(f.severity, f.kind, finding_location(f, shift), finding_size(f, shift), f.reason)
+            for f in findings]
+    return _table(rows, ("SEVERITY", "KIND", "WHERE", "SIZE", "REASON"))
+
+
+def render_table(model: Model, findings: Optional[List[Finding]] = None) -> str:
+    """The human ``check`` report: kernel line, findings, skipped checks,
+    unreadable objects and the summary line."""
+    if findings is None:
+        findings = checks.run_checks(model)
+    parts = [render_kernel(model.kernel), "", render_findings(findings, model.kernel)]
+    skipped = checks.skipped_checks(model)
+    if skipped:
+        parts += ["", "skipped: " + "; ".join(
+            f"{s['check']}: {escape(s['reason'])}" for s in skipped)]
+    if model.unreadable:
+        parts += ["", render_unreadable(model)]
+    counts = summary(findings)
+    parts += ["", ", ".join(f"{counts[s]} {s}" for s in SEVERITIES)]
+    return "\n".join(parts)
+
+
+def render_unreadable(model: Model) -> str:
+    rows = [(u.what, _hex(u.address), u.reason) for u in model.unreadable]
+    return _table(rows, ("UNREADABLE", "ADDRESS", "REASON"))
+
+
+def section_state(flags: Iterable[str]) -> str:
+    """Crash-style state letters: P present, M memmap, O online, E early,
+    D ZONE_DEVICE.
+
+    >>> section_state({"MARKED_PRESENT", "HAS_MEM_MAP", "IS_EARLY"})
+    'PME'
+    """
+    flags = set(flags)
+    return "".join(letter for name, letter in _SECTION_STATE_LETTERS if name in flags)
+
+
+def render_sections(model: Model) -> str:
+    """Present sections, like crash ``kmem -n`` plus the subsection map."""
+    kernel = model.kernel
+    rows = []
+    for section in sorted(model.sections, key=lambda s: s.nr):
+        start, end = checks.section_range(kernel, section.nr)
+        submap = "-" if section.subsection_map is None else f"{section.subsection_map:#x}"
+        rows.append((section.nr, _hex(section.address), _hex(section.mem_map),
+                     section_state(section.flags), pfn_range(start, end), submap))
+    return _table(rows, ("NR", "SECTION", "CODED_MEM_MAP", "STATE", "PFNS", "SUBSECTIONS"))
+
+
+def render_memblock(model: Model) -> str:
+    """memblock.memory and memblock.reserved, or why they are unavailable."""
+    return "\n\n".join(_render_memblock_type(model.kernel, t)
+                       for t in (model.memblock_memory, model.memblock_reserved))
+
+
+def _render_memblock_type(kernel: KernelFacts, mtype: MemblockType) -> str:
+    title = f"memblock.{mtype.name} at {_hex(mtype.address)}: cnt {mtype.cnt}, max {mtype.max}"
+    if not mtype.available:
+        return f"{title}: {escape(mtype.reason or 'unavailable')}"
+    shift = kernel.page_shift
+    rows = [(i, f"{r.base:#x}-{r.end - 1:#x}", human_size(r.size),
+             pfn_range(r.base >> shift, (r.end + (1 << shift) - 1) >> shift),
+             ",".join(r.flag_names) or _hex(r.flags), "-" if r.nid is None else r.nid)
+            for i, r in enumerate(mtype.regions)]
+    return title + "\n" + _table(rows, ("#", "PHYS", "SIZE", "PFNS", "FLAGS", "NID"))
+
+
+def render_blocks(model: Model) -> str:
+    """Memory blocks, like crash ``kmem -n``'s second table."""
+    kernel = model.kernel
+    rows = []
+    for block in sorted(model.blocks, key=lambda b: b.id):
+        start, end = checks.block_range(kernel, block.id)
+        where = "bus+xarray" if block.in_bus and block.in_xarray else (
+            "bus" if block.in_bus else "xarray")
+        rows.append((f"memory{block.id}", _hex(block.address), pfn_range(start, end),
+                     "-" if block.nid is None else block.nid, block.state,
+                     block.zone or "-", block.start_section_nr, where))
+    return _table(rows, ("NAME", "MEM_BLOCK", "PFNS", "NODE", "STATE", "ZONE",
+                         "START_SECTION_NO", "FOUND_IN"))
+
+
+def render_links(model: Model) -> str:
+    """Every node <-> memory block link with its target's liveness."""
+    rows = []
+    for link in sorted(model.links, key=lambda l: (l.direction, l.node, l.block)):
+        where = (f"node{link.node}/{link.name}" if link.direction == checks.NODE_TO_BLOCK
+                 else f"memory{link.block}/{link.name}")
+        state = "live" if link.target_live else "DEAD (" + ", ".join(
+            link.target_dead_reasons) + ")"
+        rows.append((where, _hex(link.kn_address), link.target_name or "-",
+                     _hex(link.target_address), state))
+    return _table(rows, ("LINK", "KERNFS_NODE", "TARGET", "TARGET_NODE", "TARGET_STATE"))
+
+
+def render_explain(explained: Dict[str, Any], prefix: str = "") -> str:
+    """``explain`` output as indented ``key: value`` lines, addresses in hex."""
+    lines: List[str] = []
+    _explain_lines(explained, prefix, lines)
+    return "\n".join(lines)
+
+
+_HEX_KEYS = {"pfn", "phys", "address", "section_mem_map", "usage", "subsection_map", "base",
+             "size", "kn", "target", "phys_start", "phys_end", "block_address",
+             "start_pfn", "end_pfn", "block_start_pfn", "block_end_pfn"}
+
+
+def _explain_lines(value: Any, indent: str, lines: List[str], key: str = "") -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, (dict, list)) and v:
+                lines.append(f"{indent}{escape(k)}:")
+                _explain_lines(v, indent + "  ", lines, k)
+            else:
+                lines.append(f"{indent}{escape(k)}: {_explain_scalar(k, v)}")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, (dict, list)):
+                lines.append(f"{indent}-")
+                _explain_lines(item, indent + "  ", lines, key)
+            else:
+                lines.append(f"{indent}- {_explain_scalar(key, item)}")
+
+
+def _explain_scalar(key: str, value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "-"}[value]
+    if isinstance(value, int) and key in _HEX_KEYS:
+        return f"{value:#x}"
+    if isinstance(value, (list, dict)):
+        return "none"
+    return escape(value)
