@@ -569,9 +569,10 @@ def read_model(target: Target) -> Model:
     nodes = read_nodes(target, facts, unreadable)
     kernfs = KernfsReader(target, kernfs_layout(target), facts.page_size)
     links = read_links(kernfs, nodes, blocks, unreadable)
+    page_nids = read_page_nids(target, facts, sections, blocks, unreadable)
     return Model(kernel=facts, sections=sections, memblock_memory=memory,
                  memblock_reserved=reserved, blocks=blocks, nodes=nodes, links=links,
-                 unreadable=unreadable)
+                 page_nids=page_nids, unreadable=unreadable)
 
 
 def mem_section_roots(target: Target) -> int:
@@ -843,3 +844,81 @@ def kernfs_layout(target: Target) -> KernfsLayout:
         flags=_offset(target, kn, "flags"), type_link=target.enumerator("KERNFS_LINK"),
         # KERNFS_TYPE_MASK is a macro (0x000f since kernfs began, v3.14).
         type_mask=0xF, removing_flag=target.enumerator("KERNFS_REMOVING"))
+
+
+# ---------------------------------------------------------------- page nids
+
+def section_map_last_bit(target: Target, facts: KernelFacts) -> int:
+    """SECTION_MAP_LAST_BIT: the encoded mem_map pointer starts above it
+    (an enumerator since v6.0, ed7802dd48f7; a macro before)."""
+    value = target.enumerator("SECTION_MAP_LAST_BIT")
+    return value if value is not None else kernels.section_flag_bits(facts.version)[1]
+
+
+def page_nid_pfns(facts: KernelFacts, sections: Sequence[Section],
+                  blocks: Sequence[MemoryBlock]) -> List[int]:
+    """The pfns whose page nid the checks use: the first pfn of each memory
+    block and of each non-early (hot-added) valid section.
+
+    >>> f = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27, 1024,
+    ...                 True, True, False)
+    >>> page_nid_pfns(f, [], [MemoryBlock(2, 0, 2, "online", 0)])
+    [65536]
+    """
+    shift = facts.pfn_section_shift
+    pfns = {b.start_section_nr << shift for b in blocks}
+    pfns |= {s.nr << shift for s in sections if s.valid and not s.early}
+    return sorted(pfns)
+
+
+def page_flags_nid(flags: int, facts: KernelFacts) -> int:
+    """The node field of ``page->flags``, as page_to_nid().
+
+    include/linux/page-flags-layout.h packs from the top bit down the
+    section number (SPARSEMEM without VMEMMAP only), then NODES_SHIFT bits
+    of node.
+
+    >>> f = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27, 1024,
+    ...                 True, True, False)
+    >>> page_flags_nid(1 << 54 | 0x17, f)
+    1
+    """
+    nodes_shift = facts.max_numnodes.bit_length() - 1
+    sections_width = 0 if facts.sparsemem_vmemmap else facts.max_physmem_bits - facts.section_size_bits
+    return flags >> (64 - sections_width - nodes_shift) & (1 << nodes_shift) - 1
+
+
+def read_page_nids(target: Target, facts: KernelFacts, sections: Sequence[Section],
+                   blocks: Sequence[MemoryBlock], unreadable: List[Unreadable]) -> Dict[int, int]:
+    """pfn -> nid for ``page_nid_pfns()``, one ``page->flags`` word each.
+
+    Kernels whose page flags have no room for the node
+    (NODE_NOT_IN_PAGE_FLAGS) keep ``section_to_node_table[]`` instead.
+    """
+    by_nr = {s.nr: s for s in sections}
+    shift = facts.pfn_section_shift
+    table = target.symbol("section_to_node_table")
+    flags_offset = _offset(target, "struct page", "flags")
+    sizeof_page = target.sizeof("struct page")
+    map_mask = ~((1 << section_map_last_bit(target, facts)) - 1)
+    nids = {}
+    for pfn in page_nid_pfns(facts, sections, blocks):
+        section = by_nr.get(pfn >> shift)
+        if section is None or not section.valid:
+            continue
+        # section_mem_map encodes mem_map - section_nr_to_pfn(nr)
+        page = ((section.mem_map & map_mask) + pfn * sizeof_page) & (1 << 64) - 1
+        try:
+            if table is not None:
+                nids[pfn] = _section_node(target, table, pfn >> shift)
+            else:
+                nids[pfn] = page_flags_nid(read_word(target, page + flags_offset), facts)
+        except ReadError as error:
+            unreadable.append(Unreadable(f"struct page of pfn {pfn:#x}", error.reason, page))
+    return nids
+
+
+def _section_node(target: Target, table: int, section_nr: int) -> int:
+    # u8 when MAX_NUMNODES <= 256, else u16 (mm/sparse.c)
+    element = 2 if "short" in (target.symbol_type("section_to_node_table") or "") else 1
+    return uint_at(target.read(table + section_nr * element, element), 0, element)
