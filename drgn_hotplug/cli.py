@@ -1,0 +1,252 @@
+"""The ``drgn-hotplug`` command: open a kernel with drgn, read, check, report.
+
+    drgn-hotplug check                               # the running kernel (/proc/kcore)
+    drgn-hotplug -c vmcore.kdump -s vmlinux check    # a dump
+    drgn-hotplug --qemu /run/qmp.sock links --json   # a QEMU guest over QMP
+    drgn-hotplug -c vmcore explain 0x40000000        # one physical address (or a decimal pfn)
+
+Exit status: 0 no warning or error, 1 at least one warning or error
+(``check``; ``explain``: findings covering the pfn), 2 the kernel could not
+be analysed, with one line on stderr saying why (``--debug`` adds the
+traceback). drgn is imported only when a kernel is opened, so ``--help``
+works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import checks, report
+from .model import Model
+
+COMMANDS = ("check", "sections", "memblock", "blocks", "links", "explain")
+
+_DESCRIPTIONS = {
+    "check": "run every check and list the findings",
+    "sections": "list the present memory sections (like crash kmem -n)",
+    "memblock": "list memblock.memory and memblock.reserved",
+    "blocks": "list the memory block devices",
+    "links": "list the node <-> memory block sysfs links and their targets",
+    "explain": "every predicate for one pfn (decimal) or physical address (0x...)",
+}
+
+
+class Unanalysable(Exception):
+    """The kernel could not be opened or read at all: exit status 2."""
+
+
+def parse_location(text: str, page_shift: int) -> int:
+    """The pfn named by an ``explain`` argument: a decimal pfn, or a
+    0x-prefixed physical address.
+
+    >>> parse_location("262144", 12), parse_location("0x40000000", 12)
+    (262144, 262144)
+    """
+    try:
+        if text.lower().startswith("0x"):
+            return int(text, 16) >> page_shift
+        return int(text, 10)
+    except ValueError:
+        raise Unanalysable(f"not a pfn or 0x address: {text!r}") from None
+
+
+def render_command(model: Model, command: str, location: Optional[str] = None,
+                   as_json: bool = False, version: str = "") -> Tuple[str, int]:
+    """(output text, exit status) of one sub-command on a model.
+
+    Pure: shared by this command and the ``memhp`` drgn command.
+
+    >>> text, status = render_command(model, "check")     # doctest: +SKIP
+    >>> status
+    1
+    """
+    findings = checks.run_checks(model)
+    status = report.EXIT_CLEAN
+    extra: Dict[str, Any] = {}
+    if command == "check":
+        text = report.render_table(model, findings)
+        status = report.exit_status(findings)
+    elif command == "explain":
+        pfn = parse_location(location or "", model.kernel.page_shift)
+        explained = checks.explain(model, pfn)
+        extra["explain"] = explained
+        text = report.render_explain(explained)
+        if any(f["severity"] in ("error", "warning") for f in explained["findings"]):
+            status = report.EXIT_FINDINGS
+    else:
+        text, extra = _listing(model, command)
+    if as_json:
+        doc = report.document(model, findings, command=command, version=version, extra=extra)
+        return report.json_text(doc), status
+    return text, status
+
+
+def _listing(model: Model, command: str) -> Tuple[str, Dict[str, Any]]:
+    plain = model.to_dict()
+    header = report.render_kernel(model.kernel) + "\n\n"
+    if command == "sections":
+        return header + report.render_sections(model), {"sections": plain["sections"]}
+    if command == "memblock":
+        return header + report.render_memblock(model), {
+            "memblock": {"memory": plain["memblock_memory"],
+                         "reserved": plain["memblock_reserved"]}}
+    if command == "blocks":
+        return header + report.render_blocks(model), {"blocks": plain["blocks"]}
+    if command == "links":
+        return header + report.render_links(model), {"nodes": plain["nodes"],
+                                                     "links": plain["links"]}
+    raise ValueError(f"unknown command {command!r}")
+
+
+# ---------------------------------------------------------------- opening kernels
+
+def open_program(core: Optional[str] = None, qemu: Optional[str] = None,
+                 symbols: Sequence[str] = ()):
+    """A drgn Program for a dump (``core``), a QEMU guest (``qemu``: its
+    QMP socket) or the running kernel, with the kernel's debug info loaded.
+
+    Mirrors drgn's own CLI (drgn/cli.py): ``set_core_dump``,
+    ``set_qemu_qmp`` or ``set_kernel``, then ``load_debug_info`` of the
+    given files, else of the default locations.
+    """
+    import drgn
+
+    prog = drgn.Program()
+    try:
+        if core is not None:
+            prog.set_core_dump(core)
+        elif qemu is not None:
+            prog.set_qemu_qmp(qemu)
+        else:
+            prog.set_kernel()
+    except (OSError, ValueError, drgn.FaultError) as error:
+        where = core or qemu or "/proc/kcore"
+        raise Unanalysable(f"cannot open {where}: {error}") from error
+    _load_kernel_debug_info(prog, symbols)
+    return prog
+
+
+def _load_kernel_debug_info(prog, symbols: Sequence[str]) -> None:
+    import drgn
+
+    try:
+        if symbols:
+            prog.load_debug_info(list(symbols))
+        else:
+            prog.load_debug_info(main=True)
+    except drgn.MissingDebugInfoError as error:
+        if not symbols:
+            raise Unanalysable(f"no debug info for the kernel (give -s VMLINUX): "
+                               f"{_first_line(error)}") from error
+    except (OSError, ValueError) as error:
+        raise Unanalysable(f"cannot load debug info: {_first_line(error)}") from error
+    if not _has_kernel_types(prog):
+        given = ", ".join(symbols) if symbols else "the default locations"
+        raise Unanalysable(f"no kernel debug info matching this kernel in {given}")
+
+
+def _has_kernel_types(prog) -> bool:
+    try:
+        prog.type("struct mem_section")
+    except LookupError:
+        return False
+    return True
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def read_model_checked(prog) -> Model:
+    """read_model(), with "cannot identify the kernel" as Unanalysable."""
+    from drgn import FaultError
+
+    from .drgn_reader import read_model
+    from .layout import ReadError
+
+    try:
+        return read_model(prog)
+    except (ReadError, FaultError, LookupError, ValueError) as error:
+        raise Unanalysable(f"cannot read the kernel: {_first_line(error)}") from error
+
+
+# ---------------------------------------------------------------- argument parsing
+
+def _add_common(parser: argparse.ArgumentParser, default: Callable[[Any], Any]) -> None:
+    """Target and output options, accepted before or after the sub-command
+    (sub-parsers use SUPPRESS defaults so they never undo the main ones)."""
+    target = parser.add_argument_group("target (default: the running kernel, /proc/kcore)")
+    where = target.add_mutually_exclusive_group()
+    where.add_argument("-c", "--core", metavar="VMCORE", default=default(None),
+                       help="a kernel core dump (kdump, ELF)")
+    where.add_argument("--live", action="store_true", default=default(False),
+                       help="the running kernel through /proc/kcore (default)")
+    where.add_argument("--qemu", metavar="SOCKET", default=default(None),
+                       help="a QEMU guest through its QMP socket")
+    target.add_argument("-s", "--symbols", metavar="VMLINUX", action="append",
+                        default=default([]), help="kernel debug info file (repeatable)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print the JSON document instead of tables")
+    parser.add_argument("--debug", action="store_true", default=default(False),
+                        help="show tracebacks and drgn's warnings")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drgn-hotplug",
+        description="Find memory-hotplug inconsistencies in a Linux kernel or vmcore.",
+        epilog="exit status: 0 clean, 1 warnings or errors found, 2 could not analyse")
+    _add_common(parser, lambda value: value)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        child = sub.add_parser(name, help=_DESCRIPTIONS[name], description=_DESCRIPTIONS[name])
+        if name == "explain":
+            child.add_argument("location", metavar="PFN|0xADDR")
+        _add_common(child, lambda value: argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.debug:
+        # drgn logs a warning per kernel module without debug info.
+        logging.getLogger("drgn").setLevel(logging.ERROR)
+    try:
+        prog = open_program(core=args.core, qemu=args.qemu, symbols=args.symbols)
+        model = read_model_checked(prog)
+        text, status = render_command(model, args.command, getattr(args, "location", None),
+                                      as_json=args.json, version=_version())
+    except Unanalysable as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"drgn-hotplug: {error}", file=sys.stderr)
+        return report.EXIT_UNANALYSABLE
+    except Exception:
+        if args.debug:
+            raise
+        print(f"drgn-hotplug: internal error: {_first_line(sys.exc_info()[1])} "
+              f"(run with --debug for the traceback)", file=sys.stderr)
+        return report.EXIT_UNANALYSABLE
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        sys.stderr.close()
+    return status
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("drgn-hotplug")
+    except PackageNotFoundError:
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
