@@ -124,3 +124,58 @@ def _find_field(kind: "gdb.Type", name: str):
 def read_model(inferior: Optional["gdb.Inferior"] = None) -> Model:
     """The Model of the kernel gdb is looking at (a vmcore or a live gdbstub)."""
     return layout.read_model(GdbTarget(inferior))
+
+
+# ---------------------------------------------------------------- KASLR
+
+def symbols_match(target: layout.Target) -> bool:
+    """Whether the loaded symbols sit where the target's kernel put them:
+    ``init_uts_ns.name.sysname`` reads "Linux" only when the KASLR offset
+    given to ``symbol-file -o`` (or none, under nokaslr) is right."""
+    try:
+        return layout.read_uts(target)["sysname"] == "Linux"
+    except (layout.ReadError, KeyError):
+        return False
+
+
+# The kernel image moves by multiples of this: x86_64 places it at
+# CONFIG_PHYSICAL_ALIGN (2 MiB or a multiple) slots within KERNEL_IMAGE_SIZE
+# (arch/x86/boot/compressed/kaslr.c); arm64 rounds its virtual offset to
+# 2 MiB and adds the EFI stub's 64 KiB-granular physical misalignment
+# (arch/arm64/kernel/kaslr.c, drivers/firmware/efi/libstub/arm64-stub.c).
+KASLR_STEP = {"i386:x86-64": 2 << 20, "aarch64": 64 << 10}
+X86_64_KERNEL_IMAGE_SIZE = 1 << 30
+
+
+def kaslr_candidates(pc: Optional[int], text: int, end: int, step: int):
+    """Offsets that put ``pc`` (a stopped CPU, usually in kernel text) inside [text, end).
+
+    >>> list(kaslr_candidates(0x5000, 0x1000, 0x3000, 0x1000))
+    [8192, 12288, 16384]
+    """
+    if pc is None or pc < text:
+        return range(0)
+    low = max(0, pc - end + 1)
+    return range(-(-low // step) * step, pc - text + 1, step)
+
+
+def find_kaslr_offset(target: layout.Target, pc: Optional[int], arch: str) -> Optional[int]:
+    """The offset at which ``linux_banner`` reads "Linux version " in the target.
+
+    Tries the offsets that place the stopped pc in kernel text first, then
+    (x86_64 only, whose range is small) every slot of KERNEL_IMAGE_SIZE.
+    """
+    banner, text, end = (target.symbol(name) for name in ("linux_banner", "_text", "_end"))
+    if None in (banner, text, end):
+        return None
+    step = KASLR_STEP.get(arch, 2 << 20)
+    candidates = list(kaslr_candidates(pc, text, end, step))
+    if arch == "i386:x86-64":
+        candidates += range(0, X86_64_KERNEL_IMAGE_SIZE, step)
+    for offset in candidates:
+        try:
+            if target.read(banner + offset, 14) == b"Linux version ":
+                return offset
+        except layout.ReadError:
+            continue
+    return None

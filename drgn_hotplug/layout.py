@@ -606,10 +606,10 @@ def read_vmcoreinfo_text(target: Target) -> str:
 
 
 def read_uts(target: Target) -> Dict[str, str]:
-    """release, version and machine from ``init_uts_ns.name``."""
+    """sysname, release, version and machine from ``init_uts_ns.name``."""
     name = _require(target, "init_uts_ns") + _offset(target, "struct uts_namespace", "name")
     fields = {}
-    for member in ("release", "version", "machine"):
+    for member in ("sysname", "release", "version", "machine"):
         at = name + _offset(target, "struct new_utsname", member)
         fields[member] = target.read(at, 65).split(b"\0", 1)[0].decode("ascii", "replace")
     return fields

@@ -1,0 +1,198 @@
+"""memhp: drgn-hotplug's memory-hotplug checks as gdb commands.
+
+Load it in ``gdb vmlinux`` attached to a kernel-virtual vmcore or a QEMU
+gdbstub, in the style of the kernel's scripts/gdb/linux::
+
+    (gdb) source gdb/memhp.py
+    (gdb) memhp check
+    (gdb) memhp explain 0x100000 --json
+    (gdb) p $memhp_pfn_valid(0x100000)
+
+Sub-commands mirror the ``drgn-hotplug`` command and print the same tables
+or, with ``--json``, the same JSON document. The model comes from
+drgn_hotplug.gdb_reader; checks and reports are drgn_hotplug's, unchanged.
+Nothing here writes target memory or resumes a stopped target.
+"""
+
+import os
+import sys
+
+import gdb
+
+# gdb embeds the system Python: find drgn_hotplug in the checkout this file
+# belongs to (gdb/ sits next to drgn_hotplug/), else on gdb's sys.path.
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_CHECKOUT, "drgn_hotplug", "__init__.py")) \
+        and _CHECKOUT not in sys.path:
+    sys.path.insert(0, _CHECKOUT)
+
+try:
+    from drgn_hotplug import checks, cli, gdb_reader, layout
+except ImportError as _error:  # a missing dependency must say how to get it
+    raise gdb.GdbError(
+        f"memhp: cannot import drgn_hotplug ({_error}); gdb runs {sys.executable} "
+        f"{sys.version.split()[0]}: install python3-tabulate, and source gdb/memhp.py from a "
+        "drgn-hotplug checkout or put the package on PYTHONPATH") from None
+
+
+def read_model():
+    """The Model of the kernel gdb is looking at; a user error if it cannot be read."""
+    if not gdb.selected_inferior().pid and not _has_memory():
+        raise gdb.GdbError("memhp: no target: open a vmcore (core-file) or attach "
+                           "(target remote HOST:PORT) first")
+    target = gdb_reader.GdbTarget()
+    if not gdb_reader.symbols_match(target):
+        raise gdb.GdbError("memhp: the symbols do not match the target's memory (KASLR?): "
+                           "`memhp kaslr` finds the offset for `symbol-file -o`")
+    try:
+        return layout.read_model(target)
+    except layout.ReadError as error:
+        raise gdb.GdbError(f"memhp: cannot analyse this kernel: {error}") from None
+
+
+def _has_memory():
+    try:
+        gdb.selected_inferior().read_memory(gdb.parse_and_eval("&init_uts_ns"), 1)
+        return True
+    except (gdb.error, gdb.MemoryError):
+        return False
+
+
+class Memhp(gdb.Command):
+    """Memory-hotplug consistency checks (drgn-hotplug).
+
+memhp check|sections|memblock|blocks|links [--json]
+memhp explain PFN|0xPHYSADDR [--json]
+memhp kaslr"""
+
+    def __init__(self):
+        super().__init__("memhp", gdb.COMMAND_DATA, prefix=True)
+
+
+class MemhpReport(gdb.Command):
+    """One drgn-hotplug report; --json prints drgn-hotplug's JSON document."""
+
+    def __init__(self, name):
+        self.__doc__ = f"{cli._DESCRIPTIONS[name]}.\nUsage: memhp {name}" + (
+            " PFN|0xPHYSADDR" if name == "explain" else "") + " [--json]"
+        self.report = name
+        super().__init__(f"memhp {name}", gdb.COMMAND_DATA)
+
+    def invoke(self, argument, from_tty):
+        args = gdb.string_to_argv(argument)
+        operands = [a for a in args if a != "--json"]
+        if len(operands) != (self.report == "explain"):
+            raise gdb.GdbError(f"usage: {self.__doc__.splitlines()[-1][len('Usage: '):]}")
+        try:
+            text, _ = cli.render_command(read_model(), self.report,
+                                         operands[0] if operands else None,
+                                         as_json="--json" in args, version=package_version())
+        except cli.Unanalysable as error:
+            raise gdb.GdbError(f"memhp {self.report}: {error}") from None
+        gdb.write(text if text.endswith("\n") else text + "\n")
+
+
+def package_version():
+    """drgn-hotplug's version, as the drgn front end puts it in JSON documents:
+    from the installed package, else from the checkout's pyproject.toml
+    (gdb's Python usually cannot see a package installed for another Python)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("drgn-hotplug")
+    except PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+        with open(os.path.join(_CHECKOUT, "pyproject.toml"), "rb") as f:
+            return tomllib.load(f)["project"]["version"]
+    except (ImportError, OSError, KeyError, ValueError):
+        return ""
+
+
+class MemhpKaslr(gdb.Command):
+    """Find the kernel's KASLR offset and print the symbol-file command for it.
+
+Tries the offsets that put the stopped pc in kernel text (then, on x86_64,
+every 2 MiB slot) until linux_banner reads "Linux version "; the target is
+only read, the symbols are left to the user to reload."""
+
+    def __init__(self):
+        super().__init__("memhp kaslr", gdb.COMMAND_DATA)
+
+    def invoke(self, argument, from_tty):
+        target = gdb_reader.GdbTarget()
+        arch = gdb.selected_inferior().architecture().name()
+        offset = gdb_reader.find_kaslr_offset(target, _stopped_pc(), arch)
+        if offset is None:
+            raise gdb.GdbError("memhp kaslr: no offset places linux_banner in the target's memory")
+        vmlinux = gdb.current_progspace().filename or "vmlinux"
+        gdb.write(f"KASLR offset {offset:#x}: symbol-file -o {offset:#x} {vmlinux}\n")
+
+
+def _stopped_pc():
+    try:
+        return int(gdb.selected_frame().pc())
+    except gdb.error:
+        return None
+
+
+class _ModelCache:
+    """One Model per stop of the target, for convenience functions called in loops.
+
+    Invalidated whenever the target may have changed: it ran, memory was
+    written from gdb, or the symbols changed.
+    """
+
+    def __init__(self):
+        self.model = None
+        self.sets = None
+        for registry in (gdb.events.stop, gdb.events.cont, gdb.events.memory_changed,
+                         gdb.events.new_objfile, gdb.events.clear_objfiles):
+            registry.connect(self.clear)
+
+    def clear(self, *_):
+        self.model = self.sets = None
+
+    def pfn_sets(self):
+        if self.sets is None:
+            self.model = read_model()
+            self.sets = checks.pfn_sets(self.model)
+        return self.sets
+
+
+_CACHE = _ModelCache()
+
+
+class PfnValid(gdb.Function):
+    """$memhp_pfn_valid(PFN): 1 if the analysed kernel's own pfn_valid(PFN) is true, else 0.
+
+Modelled per arch and kernel version (drgn-hotplug's pfn_valid rules)."""
+
+    def __init__(self):
+        super().__init__("memhp_pfn_valid")
+
+    def invoke(self, pfn):
+        answer = _CACHE.pfn_sets().pfn_valid
+        if answer is None:
+            raise gdb.GdbError("memhp_pfn_valid: unknown: this kernel's pfn_valid() needs "
+                               "memblock, which is unavailable in the target")
+        return int(int(pfn) in answer)
+
+
+class SectionValid(gdb.Function):
+    """$memhp_section_valid(PFN): 1 if valid_section() holds for PFN's section
+(it has a memmap), else 0."""
+
+    def __init__(self):
+        super().__init__("memhp_section_valid")
+
+    def invoke(self, pfn):
+        return int(int(pfn) in _CACHE.pfn_sets().valid)
+
+
+Memhp()
+for _name in cli.COMMANDS:
+    MemhpReport(_name)
+MemhpKaslr()
+PfnValid()
+SectionValid()
