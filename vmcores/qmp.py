@@ -192,6 +192,9 @@ class GdbRemote:
             self.sock.close()
 
     def request(self, payload: str) -> str:
+        """Send a packet and return the reply. QEMU may send a second stop reply
+        (``T05...``) when it stops the VM for the new connection: skip those,
+        unless a stop reply was asked for."""
         checksum = sum(payload.encode()) % 256
         self.sock.sendall(f"${payload}#{checksum:02x}".encode())
         while True:
@@ -199,7 +202,10 @@ class GdbRemote:
             if match:
                 self.buf = self.buf[match.end():]
                 self.sock.sendall(b"+")
-                return match[1].decode()
+                reply = match[1].decode()
+                if payload == "?" or not re.match(r"[ST][0-9a-f]{2}", reply):
+                    return reply
+                continue
             data = self.sock.recv(4096)
             if not data:
                 raise ChannelError("gdbstub closed the connection")

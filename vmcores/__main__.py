@@ -1,0 +1,95 @@
+"""Command line of the test bed.
+
+    python -m vmcores build --arch x86_64 --kernel 6.1 --scenario orphan   # last line: the cell directory
+    python -m vmcores build-all
+    python -m vmcores list
+    python -m vmcores start --arch x86_64 --kernel 6.1 --scenario orphan   # live until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .cells import bed_hash, build_cell, cells_dir, matrix, start_live
+from .packages import PackageError
+from .qmp import ChannelError
+
+
+def cell_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", required=True, choices=["x86_64", "arm64"])
+    parser.add_argument("--kernel", required=True, choices=["5.10", "6.1", "6.12"])
+    parser.add_argument("--scenario", required=True, choices=["boot", "hotplug", "orphan", "pmem"])
+
+
+def build(args) -> int:
+    start = time.monotonic()
+    cell = build_cell(args.arch, args.kernel, args.scenario)
+    print(f"built in {time.monotonic() - start:.1f} s", file=sys.stderr)
+    print(cell.dir)
+    return 0
+
+
+def build_all(args) -> int:
+    failed = []
+    for arch, kernel, scenario in matrix():
+        start = time.monotonic()
+        try:
+            cell = build_cell(arch, kernel, scenario)
+            print(f"{arch} {kernel} {scenario}: {time.monotonic() - start:.1f} s {cell.dir}", flush=True)
+        except (ChannelError, PackageError, OSError) as err:
+            failed.append((arch, kernel, scenario))
+            print(f"{arch} {kernel} {scenario}: FAILED: {err}", flush=True)
+    if failed:
+        print(f"{len(failed)} cells failed: " + ", ".join(" ".join(c) for c in failed))
+    return 1 if failed else 0
+
+
+def list_cells(args) -> int:
+    """The matrix, with the cached cell directories of each entry (current code hash marked '*')."""
+    for arch, kernel, scenario in matrix():
+        built = sorted(cells_dir().glob(f"{arch}-{kernel}-{scenario}-*/cell.json"))
+        names = [p.parent.name + (" *" if p.parent.name.endswith(bed_hash()) else "") for p in built]
+        print(f"{arch:7} {kernel:5} {scenario:8} {', '.join(names) or '-'}")
+    print(f"(* = built by the current bed code, hash {bed_hash()}; cache {cells_dir()})")
+    return 0
+
+
+def start(args) -> int:
+    cell = build_cell(args.arch, args.kernel, args.scenario)
+    with start_live(cell) as guest:
+        print(f"vmlinux:   {cell.vmlinux}")
+        print(f"drgn:      drgn --qemu {guest.drgn_qmp_socket} -s {cell.vmlinux}")
+        print(f"gdb:       gdb {cell.vmlinux} -ex 'target remote 127.0.0.1:{guest.gdb_port}'"
+              f" (symbol-file -o {guest.kaslr_offset:#x})")
+        print(f"qmp:       {guest.drgn_qmp_socket}")
+        print(f"gdb port:  {guest.gdb_port}")
+        print("running; Ctrl-C stops the guest", flush=True)
+        try:
+            while guest.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vmcores", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func in (("build", build), ("start", start)):
+        p = sub.add_parser(name)
+        cell_arguments(p)
+        p.set_defaults(func=func)
+    sub.add_parser("build-all").set_defaults(func=build_all)
+    sub.add_parser("list").set_defaults(func=list_cells)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, ChannelError, PackageError) as err:
+        print(f"vmcores: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Test-bed cells: one kernel, one scenario, its dumps and its ground truth, cached.
+
+A cell directory is named ``<arch>-<kernel>-<scenario>-<package version>-<bed hash>``
+under ``<cache>/cells``; the bed hash covers the code that makes a cell, so a
+change to it builds new cells instead of reusing stale ones.
+
+Example:
+    >>> cell = build_cell("x86_64", "6.1", "orphan")          # doctest: +SKIP
+    >>> cell.truth["dangling_links"]                           # doctest: +SKIP
+    [{'node': 1, 'block': 32}, {'node': 1, 'block': 33}]
+    >>> with start_live(cell) as g:                            # doctest: +SKIP
+    ...     g.run("cat /proc/meminfo | head -1")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from . import dumpfmt
+from .guest import X86_CMDLINE, GuestSpec
+from .initramfs import build_initramfs
+from .packages import Kernel, cache_root, fetch_busybox, fetch_kernel
+from .scenarios import SCENARIOS, LiveGuest
+
+KERNELS = {"x86_64": ("5.10", "6.1", "6.12"), "arm64": ("5.10", "6.1")}
+
+# The files whose code decides what a cell holds.
+BED_FILES = ("packages.py", "initramfs.py", "guest.py", "qmp.py", "scenarios.py", "truth.py",
+             "cells.py", "dumpfmt.py", "aarch64.py")
+
+
+def matrix() -> list[tuple[str, str, str]]:
+    """Every (arch, kernel, scenario) the bed builds.
+
+    >>> len(matrix()), matrix()[0]
+    (16, ('x86_64', '5.10', 'boot'))
+    """
+    return [(arch, kernel, name) for arch, kernels in KERNELS.items() for kernel in kernels
+            for name, s in SCENARIOS.items() if arch in s.arches]
+
+
+@functools.lru_cache(maxsize=None)
+def bed_hash() -> str:
+    """A short hash of the bed's code (see BED_FILES)."""
+    h = hashlib.sha256()
+    for name in BED_FILES:
+        path = Path(__file__).with_name(name)
+        if path.exists():
+            h.update(name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:10]
+
+
+def cells_dir() -> Path:
+    return cache_root() / "cells"
+
+
+@dataclass
+class Cell:
+    """A built cell directory (see docs/CONTRACTS.md)."""
+
+    dir: Path
+
+    @functools.cached_property
+    def meta(self) -> dict:
+        return json.loads((self.dir / "cell.json").read_text())
+
+    @functools.cached_property
+    def truth(self) -> dict:
+        return json.loads((self.dir / "truth.json").read_text())
+
+    @property
+    def vmlinux(self) -> Path:
+        return Path(self.meta["vmlinux"])
+
+    @property
+    def kdump(self) -> Path:
+        return self.dir / "vmcore.kdump"
+
+    @property
+    def kvaddr_elf(self) -> Path:
+        return self.dir / "vmcore-kvaddr.elf"
+
+    @property
+    def filtered_kdump(self) -> Path | None:
+        path = self.dir / "vmcore-filtered.kdump"
+        return path if path.exists() else None
+
+    @property
+    def console_log(self) -> Path:
+        return self.dir / "console.log"
+
+
+def check_combination(arch: str, kernel: str, scenario: str) -> None:
+    if (arch, kernel, scenario) not in matrix():
+        raise ValueError(f"no cell {arch} {kernel} {scenario}: choose among "
+                         + ", ".join("/".join(c) for c in matrix()))
+
+
+def build_cell(arch: str, kernel: str, scenario: str) -> Cell:
+    """Build (or reuse from cache) one cell and return it."""
+    check_combination(arch, kernel, scenario)
+    k = fetch_kernel(arch, kernel)
+    name = f"{arch}-{kernel}-{scenario}-{k.version}-{bed_hash()}"
+    final = cells_dir() / name
+    cells_dir().mkdir(parents=True, exist_ok=True)
+    # Parallel test sessions may ask for the same cell: one builds, the others wait.
+    with open(cells_dir() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (final / "cell.json").exists():
+            work = cells_dir() / f".{name}.tmp{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            try:
+                make_cell(k, scenario, work, final)
+                shutil.rmtree(final, ignore_errors=True)
+                work.rename(final)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return Cell(final)
+
+
+def guest_spec(k: Kernel, scenario: str, workdir: Path) -> GuestSpec:
+    """Boot parameters of a cell's guest; writes its initrd into ``workdir``."""
+    s = SCENARIOS[scenario]
+    modules = k.modules_in_load_order(["qemu_fw_cfg", *s.modules])
+    initrd = workdir / "initrd"
+    cpio = build_initramfs(fetch_busybox(k.arch), modules)
+    if k.arch == "arm64":
+        from . import arm64_bed
+
+        cpio = arm64_bed.acpi_override(k) + cpio
+        cmdline = arm64_bed.cmdline()
+    else:
+        cmdline = X86_CMDLINE
+    initrd.write_bytes(cpio)
+    return GuestSpec(k.arch, k.image, initrd, f"{cmdline} {s.cmdline}".strip())
+
+
+def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
+    """Boot, play the scenario, capture the truth, dump and convert, into ``work``
+    (renamed ``final`` once complete)."""
+    started = time.monotonic()
+    spec = guest_spec(k, scenario, work)
+    with LiveGuest(spec, k.meta, scenario) as g:
+        SCENARIOS[scenario].play(g)
+        truth = g.truth()
+        g.dump(work / "raw.elf")
+        (work / "console.log").write_text(g.console_text)
+        argv, kaslr_offset, dump_seconds = g.argv, g.kaslr_offset, g.dump_seconds
+    (work / "truth.json").write_text(json.dumps(truth, indent=1))
+    meta = {
+        "arch": k.arch, "kernel": k.series, "abi": k.abi, "package_version": k.version,
+        "vmlinux": str(k.vmlinux), "kernel_dir": str(k.dir), "image": str(k.image),
+        "initrd": str(final / "initrd"),
+        "qemu_argv": argv, "cmdline": spec.cmdline, "kaslr_offset": kaslr_offset,
+        "scenario": scenario, "scenario_hash": bed_hash(), "qemu_version": qemu_version(k.arch),
+        "dump_seconds": round(dump_seconds, 2),
+    }
+    meta.update(convert_dumps(work / "raw.elf", work, k))
+    meta["build_seconds"] = round(time.monotonic() - started, 1)
+    (work / "cell.json").write_text(json.dumps(meta, indent=1))
+
+
+def convert_dumps(raw: Path, out: Path, k: Kernel) -> dict:
+    """Write the cell's dump formats from QEMU's raw ELF, then delete it.
+
+    Returns facts for cell.json (e.g. why the filtered dump is missing).
+    """
+    facts: dict = {}
+    try:
+        dumpfmt.write_kdump(raw, out / "vmcore.kdump")
+        dumpfmt.write_kvaddr_elf(raw, out / "vmcore-kvaddr.elf")
+        if k.arch == "x86_64":
+            facts["filtered_kdump_error"] = makedumpfile_filtered(raw, out / "vmcore-filtered.kdump", k)
+    finally:
+        raw.unlink(missing_ok=True)
+    return facts
+
+
+def makedumpfile_filtered(raw: Path, out: Path, k: Kernel) -> str | None:
+    """``makedumpfile -c -d 31`` of the dump (a ~20 MB filtered kdump), or the reason it failed.
+
+    makedumpfile rejects QEMU 7.2's layout (section headers before program
+    headers), hence the classic-layout copy first. On the pmem cell it cannot
+    read the struct pages of the inactive subsection and fails (testbed-notes).
+    """
+    classic = raw.with_name("classic.elf")
+    try:
+        dumpfmt.write_classic_elf(raw, classic)
+        proc = subprocess.run(["makedumpfile", "-c", "-d", "31", "-x", str(k.vmlinux), str(classic), str(out)],
+                              capture_output=True, text=True)
+    finally:
+        classic.unlink(missing_ok=True)
+    if proc.returncode:
+        out.unlink(missing_ok=True)
+        return (proc.stderr.strip().splitlines() or ["failed"])[-1]
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def qemu_version(arch: str) -> str:
+    binary = "qemu-system-x86_64" if arch == "x86_64" else "qemu-system-aarch64"
+    return subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+
+
+@contextlib.contextmanager
+def start_live(cell: Cell) -> Iterator[LiveGuest]:
+    """Boot a cell's guest again and replay its scenario; QEMU is killed on exit.
+
+    >>> with start_live(cell) as g:                           # doctest: +SKIP
+    ...     print(g.drgn_qmp_socket, g.gdb_port)
+    """
+    meta = cell.meta
+    spec = GuestSpec(meta["arch"], Path(meta["image"]), cell.dir / "initrd", meta["cmdline"])
+    kernel_meta = json.loads((Path(meta["kernel_dir"]) / "kernel.json").read_text())
+    with LiveGuest(spec, kernel_meta, meta["scenario"]) as g:
+        SCENARIOS[meta["scenario"]].play(g)
+        yield g
