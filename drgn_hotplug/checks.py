@@ -240,9 +240,10 @@ def section_facts(kernel: KernelFacts, section: Section) -> Dict[str, Any]:
     facts = {"nr": section.nr, "address": section.address,
              "section_mem_map": section.mem_map, "flags": sorted(section.flags),
              "usage": section.usage_address}
-    if section.subsection_map is not None:
+    if section.subsection_map is not None and kernel.subsection_shift:
         facts["subsection_map"] = section.subsection_map
-        facts["subsections"] = kernel.section_size_bits - (kernel.subsection_shift or 0)
+        facts["subsections_per_section"] = 1 << (kernel.section_size_bits
+                                                 - kernel.subsection_shift)
     return facts
 
 
@@ -612,7 +613,8 @@ def explain(model: Model, pfn: int) -> Dict[str, Any]:
         "memblock": _explain_memblock(model, pfn),
         "memory_block": _explain_block(ctx, pfn),
         "page_nid": model.page_nids.get(pfn),
-        "findings": [f.to_dict() for f in run_checks(model) if _finding_covers(ctx, f, pfn)],
+        "findings": [_finding_summary(f) for f in run_checks(model)
+                     if _finding_covers(ctx, f, pfn)],
     }
 
 
@@ -663,6 +665,13 @@ def _explain_block(ctx: _Context, pfn: int) -> Optional[Dict[str, Any]]:
     return {"id": block.id, "exists": True, "address": block.address, "state": block.state,
             "nid": block.nid, "zone": block.zone, "start_section_nr": block.start_section_nr,
             "links": links}
+
+
+def _finding_summary(finding: Finding) -> Dict[str, Any]:
+    """A finding without its facts: explain() lists those facts itself."""
+    out = finding.to_dict()
+    out.pop("facts", None)
+    return out
 
 
 def _finding_covers(ctx: _Context, finding: Finding, pfn: int) -> bool:

@@ -242,13 +242,24 @@ def section_state(flags: Iterable[str]) -> str:
     return "".join(letter for name, letter in _SECTION_STATE_LETTERS if name in flags)
 
 
+def subsection_text(kernel: KernelFacts, bitmap: Optional[int]) -> str:
+    """A subsection map as "all N" (N subsections per section), "none" or
+    its hex bits, e.g. "0xffffffff00000000" for arm64 6.1's section 0."""
+    if bitmap is None or not kernel.subsection_shift:
+        return "-"
+    count = 1 << (kernel.section_size_bits - kernel.subsection_shift)
+    if bitmap == (1 << count) - 1:
+        return f"all {count}"
+    return "none" if bitmap == 0 else f"{bitmap:#x}"
+
+
 def render_sections(model: Model) -> str:
     """Present sections, like crash ``kmem -n`` plus the subsection map."""
     kernel = model.kernel
     rows = []
     for section in sorted(model.sections, key=lambda s: s.nr):
         start, end = checks.section_range(kernel, section.nr)
-        submap = "-" if section.subsection_map is None else f"{section.subsection_map:#x}"
+        submap = subsection_text(kernel, section.subsection_map)
         rows.append((section.nr, _hex(section.address), _hex(section.mem_map),
                      section_state(section.flags), pfn_range(start, end), submap))
     return _table(rows, ("NR", "SECTION", "CODED_MEM_MAP", "STATE", "PFNS", "SUBSECTIONS"))
@@ -267,9 +278,15 @@ def _render_memblock_type(kernel: KernelFacts, mtype: MemblockType) -> str:
     shift = kernel.page_shift
     rows = [(i, f"{r.base:#x}-{r.end - 1:#x}", human_size(r.size),
              pfn_range(r.base >> shift, (r.end + (1 << shift) - 1) >> shift),
-             ",".join(r.flag_names) or _hex(r.flags), "-" if r.nid is None else r.nid)
+             _region_flags(r), "-" if r.nid is None else r.nid)
             for i, r in enumerate(mtype.regions)]
     return title + "\n" + _table(rows, ("#", "PHYS", "SIZE", "PFNS", "FLAGS", "NID"))
+
+
+def _region_flags(region) -> str:
+    if not region.flags:
+        return "-"
+    return ",".join(region.flag_names) or f"{region.flags:#x}"
 
 
 def render_blocks(model: Model) -> str:
