@@ -218,6 +218,8 @@ def page_ranges(dump: PhysDump) -> list[tuple[int, int, Segment]]:
     [(0, 2, Segment(paddr=0, offset=4096, size=8192))]
     """
     ps = dump.page_size
+    if not dump.segments:
+        raise DumpFormatError(f"{dump.path}: no PT_LOAD segment")
     if any(s.paddr % ps or s.size % ps for s in dump.segments):
         raise DumpFormatError(f"{dump.path}: a PT_LOAD is not page aligned")
     return [(s.paddr // ps, s.end // ps, s) for s in dump.segments]
