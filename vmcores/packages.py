@@ -94,7 +94,18 @@ class AptRoot:
         lines = [f"deb [signed-by={KEYRING}] {url} {suite} main" for url, suite in self.sources]
         (self.dir / "sources.list").write_text("\n".join(lines) + "\n")
         run(["apt-get", *self.options(), "-q", "update"])
+        (self.dir / "unavailable").unlink(missing_ok=True)
+        (self.dir / "resolved.json").unlink(missing_ok=True)
         stamp.touch()
+
+    def remembered(self, key: str, resolve) -> list:
+        """``resolve()``, computed once per ``update`` of the lists (a cached build stays fast)."""
+        path = self.dir / "resolved.json"
+        known = json.loads(path.read_text()) if path.exists() else {}
+        if key not in known:
+            known[key] = resolve()
+            path.write_text(json.dumps(known))
+        return known[key]
 
     def pkgnames(self, prefix: str) -> list[str]:
         return run(["apt-cache", *self.options(), "pkgnames", prefix]).split()
@@ -107,18 +118,30 @@ class AptRoot:
         return match.group(1)
 
     def download(self, package: str, version: str) -> Path:
-        """Download ``package=version`` into the shared package cache (once)."""
+        """Download ``package=version`` into the shared package cache (once).
+
+        A package the mirror lacks is remembered until the next ``update``, so
+        later builds do not ask for it again.
+        """
         dest = cache_root() / "packages"
         dest.mkdir(parents=True, exist_ok=True)
         deb = dest / f"{package}_{version.split(':')[-1]}_{self.deb_arch}.deb"
+        unavailable = self.dir / "unavailable"
+        wanted = f"{package}={version}"
         if deb.exists():
             return deb
+        if unavailable.exists() and wanted in unavailable.read_text().split():
+            raise PackageError(f"{wanted} is not on the mirror")
         tmp = dest / f".dl-{package}-{os.getpid()}"
         tmp.mkdir(exist_ok=True)
         try:
-            run(["apt-get", *self.options(), "-q", "download", f"{package}={version}"], cwd=tmp)
+            run(["apt-get", *self.options(), "-q", "download", wanted], cwd=tmp)
             (got,) = tmp.glob("*.deb")
             got.rename(deb)
+        except PackageError:
+            with open(unavailable, "a") as f:
+                f.write(wanted + "\n")
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return deb
@@ -202,11 +225,14 @@ def newest_kernel(arch: str, series: str) -> tuple[AptRoot, list[str]]:
     sources, abi_re = SERIES[(arch, series)]
     apt = AptRoot(sources, DEB_ARCH[arch])
     apt.ensure_lists()
+    return apt, apt.remembered(f"abis-{arch}-{series}", lambda: kernel_abis(apt, arch, abi_re))
+
+
+def kernel_abis(apt: AptRoot, arch: str, abi_re: str) -> list[str]:
     flavour = f"cloud-{DEB_ARCH[arch]}"
     pattern = re.compile(rf"linux-image-({abi_re}-{flavour})-unsigned$")
     abis = [m.group(1) for name in apt.pkgnames("linux-image-") if (m := pattern.match(name))]
-    abis.sort(key=abi_sort_key, reverse=True)
-    return apt, abis
+    return sorted(abis, key=abi_sort_key, reverse=True)
 
 
 def abi_sort_key(abi: str) -> tuple[int, ...]:
@@ -226,18 +252,23 @@ def resolved_kernel(arch: str, series: str) -> tuple[str, str]:
     hence the fall back to older candidates.
     """
     apt, candidates = newest_kernel(arch, series)
-    errors = []
-    for abi in candidates:
-        version = apt.version(f"linux-image-{abi}-unsigned")
-        kdir = cache_root() / "kernels" / f"{abi}-{version}-{arch}"
-        if (kdir / "kernel.json").exists():
-            return abi, version
-        try:
-            unpack_kernel(apt, arch, series, abi, version, kdir)
-            return abi, version
-        except PackageError as err:
-            errors.append(str(err))
-    raise PackageError(f"no {arch} {series} kernel could be fetched: {'; '.join(errors)}")
+
+    def first_that_unpacks() -> list[str]:
+        errors = []
+        for abi in candidates:
+            version = apt.version(f"linux-image-{abi}-unsigned")
+            kdir = cache_root() / "kernels" / f"{abi}-{version}-{arch}"
+            if (kdir / "kernel.json").exists():
+                return [abi, version]
+            try:
+                unpack_kernel(apt, arch, series, abi, version, kdir)
+                return [abi, version]
+            except PackageError as err:
+                errors.append(str(err))
+        raise PackageError(f"no {arch} {series} kernel could be fetched: {'; '.join(errors)}")
+
+    abi, version = apt.remembered(f"kernel-{arch}-{series}", first_that_unpacks)
+    return abi, version
 
 
 def fetch_kernel(arch: str, series: str) -> Kernel:
@@ -361,7 +392,7 @@ def fetch_busybox(arch: str) -> Path:
     """
     apt = AptRoot([(DEBIAN, "bookworm")], DEB_ARCH[arch])
     apt.ensure_lists()
-    version = apt.version("busybox-static")
+    version = apt.remembered("busybox-static", lambda: apt.version("busybox-static"))
     dest = cache_root() / "busybox" / f"{version.split(':')[-1]}-{arch}" / "busybox"
     if not dest.exists():
         deb = apt.download("busybox-static", version)

@@ -184,7 +184,9 @@ def pmem_steps(g: LiveGuest) -> None:
     g.wait_guest(f"test -e {nd}/devices/namespace0.0")
     g.run(f"echo namespace0.0 > {nd}/drivers/nd_pmem/unbind || true")
     pfn = g.run(f"cat {nd}/devices/region0/pfn_seed").strip()
-    g.run(f"echo mem > {nd}/devices/{pfn}/mode && echo namespace0.0 > {nd}/devices/{pfn}/namespace")
+    # A pfn device without uuid does not probe (ENODEV); ndctl sets one too.
+    g.run(f"cd {nd}/devices/{pfn} && cat /proc/sys/kernel/random/uuid > uuid && echo ram > mode"
+          f" && echo namespace0.0 > namespace")
     g.run(f"echo {pfn} > {nd}/drivers/nd_pmem/bind")
     g.record(op="pmem", start=PMEM_START, size=PMEM_SIZE, mode="fsdax", map="mem", pfn_device=pfn,
              namespace="namespace0.0")

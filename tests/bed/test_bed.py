@@ -1,0 +1,149 @@
+"""The test bed checked against the guest kernels themselves.
+
+Each cell's truth.json is what the guest kernel said just before its dump;
+these tests check that each scenario did to the kernel what it claims
+(hotplug, orphaned links, ZONE_DEVICE, NOMAP), and that an independent
+reader, crash, sees the same memory blocks in the dump as the guest did.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+import vmcores
+
+pytestmark = [pytest.mark.bed, pytest.mark.slow]
+
+
+def cells_of(*scenarios: str) -> list[tuple[str, str, str]]:
+    return [c for c in vmcores.matrix() if c[2] in scenarios]
+
+
+def ids(param) -> str:
+    return "-".join(param)
+
+
+def blocks_by_number(truth: dict) -> dict[int, dict]:
+    return {b["block"]: b for b in truth["memory_blocks"]}
+
+
+def links(truth: dict) -> set[tuple[int, int]]:
+    return {(l["node"], l["block"]) for l in truth["node_links"]}
+
+
+def hot_adds(truth: dict) -> list[dict]:
+    return [e for e in truth["events"] if e["op"] == "hot-add"]
+
+
+def removed_blocks(truth: dict) -> set[int]:
+    return {b for e in truth["events"] if e["op"] == "hot-remove" for b in e["blocks"]}
+
+
+@pytest.mark.parametrize("cell", cells_of("hotplug", "orphan"), indirect=True, ids=ids)
+def test_kept_dimm_blocks_are_online_movable_on_their_node(cell):
+    truth = cell.truth
+    blocks = blocks_by_number(truth)
+    kept = [e for e in hot_adds(truth) if not set(e["blocks"]) & removed_blocks(truth)]
+    assert kept, "the scenario keeps one hot-added DIMM"
+    for dimm in kept:
+        for b in dimm["blocks"]:
+            assert blocks[b]["state"] == "online"
+            assert blocks[b]["node"] == dimm["node"]
+            assert blocks[b]["valid_zones"] == "Movable"
+            assert (dimm["node"], b) in links(truth)
+
+
+@pytest.mark.parametrize("cell", cells_of("hotplug", "orphan"), indirect=True, ids=ids)
+def test_removed_dimm_blocks_are_gone(cell):
+    truth = cell.truth
+    removed = removed_blocks(truth)
+    assert removed, "the scenario hot-removes a DIMM"
+    assert not removed & set(blocks_by_number(truth))
+    assert not any(r["start"] <= b * truth["block_size_bytes"] <= r["end"] and r["name"] == "System RAM"
+                   for r in truth["iomem"] for b in removed)
+
+
+@pytest.mark.parametrize("cell", cells_of("hotplug"), indirect=True, ids=ids)
+def test_hot_remove_leaves_no_link(cell):
+    assert cell.truth["dangling_links"] == []
+    assert not {b for _, b in links(cell.truth)} & removed_blocks(cell.truth)
+
+
+@pytest.mark.parametrize("cell", cells_of("orphan"), indirect=True, ids=ids)
+def test_orphan_dangles_exactly_the_patched_away_links(cell):
+    truth = cell.truth
+    (removed,) = [e for e in truth["events"] if e["op"] == "hot-remove"]
+    expected = [{"node": removed["node"], "block": b} for b in removed["blocks"]]
+    assert truth["dangling_links"] == expected
+    ops = [e["op"] for e in truth["events"]]
+    assert ops.index("patch") < ops.index("hot-remove") < ops.index("unpatch")
+    patch, unpatch = (next(e for e in truth["events"] if e["op"] == op) for op in ("patch", "unpatch"))
+    assert unpatch["restored"] == patch["old"] != patch["new"]
+
+
+@pytest.mark.parametrize("cell", cells_of("boot"), indirect=True, ids=ids)
+def test_boot_links_agree_both_ways(cell):
+    truth = cell.truth
+    assert truth["dangling_links"] == []
+    block_side = {(b["node"], b["block"]) for b in truth["memory_blocks"] if b["node"] is not None}
+    assert block_side == links(truth)
+
+
+@pytest.mark.parametrize("cell", cells_of("pmem"), indirect=True, ids=ids)
+def test_pmem_range_is_device_memory_without_memory_block(cell):
+    truth = cell.truth
+    (pmem,) = [e for e in truth["events"] if e["op"] == "pmem"]
+    first = pmem["start"] // truth["block_size_bytes"]
+    last = (pmem["start"] + pmem["size"] - 1) // truth["block_size_bytes"]
+    assert not set(range(first, last + 1)) & set(blocks_by_number(truth))
+    namespaces = [r for r in truth["iomem"] if r["name"] == pmem["namespace"]]
+    assert namespaces and namespaces[0]["start"] == pmem["start"]
+
+
+@pytest.mark.parametrize("cell", cells_of("boot", "hotplug"), indirect=True, ids=ids)
+def test_two_numa_nodes_online(cell):
+    assert [(n["node"], n["online"]) for n in cell.truth["nodes"]] == [(0, True), (1, True)]
+    assert all(n["meminfo_total_kb"] > 0 for n in cell.truth["nodes"])
+
+
+# --- arm64 NOMAP ------------------------------------------------------------
+
+# EFI memory types the arm64 kernel maps (is_usable_memory() in
+# drivers/firmware/efi/efi-init.c); other WB descriptors become NOMAP.
+USABLE_EFI_TYPES = {"LDR_CODE", "LDR_DATA", "BOOT_CODE", "BOOT_DATA", "CONV_MEM", "PERS_MEM"}
+
+
+@pytest.mark.parametrize("cell", [("arm64", "5.10", "boot")], indirect=True, ids=ids)
+def test_arm64_nomap_efi_ranges_flagged_in_boot_memblock(cell):
+    truth = cell.truth
+    nomap = [(r["base"], r["base"] + r["size"]) for r in truth["memblock_boot"]["memory"] if r["flags"] & 0x4]
+    unusable = [e for e in truth["efi_memmap"] if "WB" in e["attrs"] and e["type"] not in USABLE_EFI_TYPES]
+    assert unusable, "UEFI runtime regions exist"
+    for entry in unusable:
+        assert any(lo <= entry["start"] and entry["end"] < hi for lo, hi in nomap), entry
+
+
+# --- crash cross-check ------------------------------------------------------
+
+def crash_memory_blocks(cell) -> dict[int, tuple[int | None, str]]:
+    """``kmem -n`` memory block list of crash on the cell's kdump: block -> (node, state)."""
+    proc = subprocess.run(["crash", "-s", str(cell.vmlinux), str(cell.kdump)], input="kmem -n\nquit\n",
+                          capture_output=True, text=True, timeout=300)
+    blocks = {}
+    # e.g. "ffff8d3a4b2c1000   memory32     100000000 - 107ffffff     1   ONLINE    32"
+    for m in re.finditer(r"^\s*[0-9a-f]+\s+memory(\d+)\s+[0-9a-f]+\s+-\s+[0-9a-f]+\s+(\d+)\s+(\w+)", proc.stdout, re.M):
+        blocks[int(m[1])] = (int(m[2]), m[3].lower())
+    assert blocks, f"crash printed no memory block: {proc.stdout[-500:]} {proc.stderr[-500:]}"
+    return blocks
+
+
+@pytest.mark.skipif(not shutil.which("crash"), reason="crash is not installed")
+@pytest.mark.parametrize("cell", [c for c in cells_of("boot", "hotplug", "orphan")
+                                  if c[0] == "x86_64" and c[1] in ("5.10", "6.1")], indirect=True, ids=ids)
+def test_crash_lists_the_same_memory_blocks(cell):
+    expected = {b["block"]: (b["node"], b["state"]) for b in cell.truth["memory_blocks"]}
+    assert crash_memory_blocks(cell) == expected
