@@ -540,6 +540,7 @@ class PageTables:
     shifts: tuple[int, ...]
     va_bits: int
     address_mask: int
+    page_bits: tuple[int, int]      # (mask, value) of a valid last-level entry
 
     def top_indices(self) -> range:
         raise NotImplementedError
@@ -556,6 +557,7 @@ class X86PageTables(PageTables):
     """x86_64 4-level (48-bit) or 5-level (57-bit, pgtable_l5_enabled) tables."""
 
     PRESENT, PSE = 0x1, 0x80
+    page_bits = (PRESENT, PRESENT)
 
     def __init__(self, five_level: bool, sme_mask: int):
         self.shifts = (48, 39, 30, 21, 12) if five_level else (39, 30, 21, 12)
@@ -582,6 +584,8 @@ class Arm64PageTables(PageTables):
     Descriptor bits[1:0]: 0b11 table (page at the last level), 0b01 block
     (levels with 1 GiB and 2 MiB shifts only), else invalid.
     """
+
+    page_bits = (3, 3)
 
     def __init__(self, va_bits: int):
         if va_bits not in (39, 48):
@@ -641,6 +645,11 @@ def kernel_mappings(dump: PhysDump, mm: mmap.mmap) -> list[Mapping]:
         seen.add(table_pa)
         shift = tables.shifts[depth]
         entries = struct.unpack("<512Q", raw)
+        if shift == 12:
+            whole = _contiguous_pages(tables, entries)
+            if whole is not None:
+                found.append(Mapping(base, whole, 512 << 12))
+                return
         for i in indices:
             entry = entries[i]
             kind = tables.kind(entry, shift) if entry else "none"
@@ -652,6 +661,21 @@ def kernel_mappings(dump: PhysDump, mm: mmap.mmap) -> list[Mapping]:
 
     walk(root, 0, 0, tables.top_indices())
     return [Mapping(tables.vaddr(m.vaddr), m.paddr, m.size) for m in found]
+
+
+def _contiguous_pages(tables: PageTables, entries: tuple[int, ...]) -> int | None:
+    """The physical start of a last-level table whose 512 entries all map
+    consecutive pages, else None.  arm64's linear map is all 4K pages
+    (rodata=full): this keeps a 2 GiB guest to ~1000 checks instead of
+    500,000 entries decoded one by one.
+    """
+    mask, value = tables.page_bits
+    if any(e & mask != value for e in entries):
+        return None
+    first = entries[0] & tables.address_mask
+    if [e & tables.address_mask for e in entries] != list(range(first, first + (512 << 12), 1 << 12)):
+        return None
+    return first
 
 
 def merge_mappings(mappings: list[Mapping]) -> list[Mapping]:
