@@ -1,0 +1,160 @@
+"""The gdb front end (gdb/memhp.py), driven through real gdb with pexpect.
+
+On the test bed's kernel-virtual ELF dumps gdb must build the very model
+the drgn front end builds from the same guest's kdump, and print the same
+JSON documents; live, over a guest's gdbstub, it must find the orphan
+scenario's dangling links and see a hot-add made between two checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib.metadata import version
+import re
+from pathlib import Path
+
+import pytest
+
+import vmcores
+from drgn_hotplug import checks, cli
+
+pexpect = pytest.importorskip("pexpect")
+drgn = pytest.importorskip("drgn")
+from drgn_hotplug import drgn_reader  # noqa: E402
+
+pytestmark = [pytest.mark.bed, pytest.mark.slow]
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+MEMHP = CHECKOUT / "gdb" / "memhp.py"
+GDB = {"x86_64": "gdb", "arm64": "gdb-multiarch"}
+PROMPT = "(memhp-test) "
+VERSION = version("drgn-hotplug")
+
+
+class Gdb:
+    """One interactive gdb, as a user types into it."""
+
+    def __init__(self, arch: str, vmlinux: Path):
+        settings = [f"set prompt {PROMPT}", "set pagination off", "set confirm off",
+                    "set width 0", "set height 0"]
+        argv = ["-nx", "-q", *(arg for s in settings for arg in ("-iex", s)), str(vmlinux)]
+        self.child = pexpect.spawn(GDB[arch], argv, encoding="utf-8", timeout=180,
+                                   env={**os.environ, "TERM": "dumb"}, dimensions=(50, 1000))
+        self.child.expect_exact(PROMPT)
+
+    def run(self, command: str) -> str:
+        """The output of one command (its echo removed)."""
+        self.child.sendline(command)
+        self.child.expect_exact(PROMPT)
+        out = self.child.before.replace("\r\n", "\n")
+        return out.split("\n", 1)[1] if "\n" in out else ""
+
+    def json(self, command: str):
+        return json.loads(self.run(command))
+
+    def model(self) -> dict:
+        return self.json("python import json; from drgn_hotplug import gdb_reader; "
+                         "print(json.dumps(gdb_reader.read_model().to_dict()))")
+
+    def close(self) -> None:
+        self.child.sendline("quit")
+        self.child.expect(pexpect.EOF)
+
+
+def plain(value):
+    """JSON round trip: tuples become lists, int keys strings, as in gdb's output."""
+    return json.loads(json.dumps(value))
+
+
+def drgn_model(cell: vmcores.Cell):
+    prog = drgn.Program()
+    prog.set_core_dump(str(cell.kdump))
+    prog.load_debug_info([str(cell.vmlinux)])
+    return drgn_reader.read_model(prog)
+
+
+def explain_pfns(model) -> list:
+    """A pfn inside each range finding and in the last memory block: where explain has facts."""
+    findings = [f for f in plain_findings(model) if "start_pfn" in f]
+    last_block = max(model.blocks, key=lambda b: b.id)
+    return sorted({f["start_pfn"] for f in findings}
+                  | {last_block.start_section_nr << model.kernel.pfn_section_shift})
+
+
+def plain_findings(model):
+    return [f.to_dict() for f in checks.run_checks(model)]
+
+
+@pytest.fixture
+def dump_gdb(cell):
+    """gdb on the cell's kernel-virtual ELF, KASLR offset from the cell, memhp loaded."""
+    gdb = Gdb(cell.meta["arch"], cell.vmlinux)
+    gdb.run(f"symbol-file -o {cell.meta['kaslr_offset']:#x} {cell.vmlinux}")
+    gdb.run(f"core-file {cell.kvaddr_elf}")
+    assert gdb.run(f"source {MEMHP}").strip() == ""
+    yield gdb
+    gdb.close()
+
+
+@pytest.mark.parametrize("cell", [("x86_64", "6.1", "orphan"), ("x86_64", "6.1", "pmem"),
+                                  ("arm64", "5.10", "boot"), ("arm64", "6.1", "hotplug")],
+                         indirect=True, ids=lambda c: "-".join(c))
+def test_gdb_reports_equal_drgn_on_the_same_dump(cell, dump_gdb):
+    expected = drgn_model(cell)
+    assert dump_gdb.model() == plain(expected.to_dict())
+    for command in ("check", "sections", "memblock", "blocks", "links"):
+        text, _ = cli.render_command(expected, command, as_json=True, version=VERSION)
+        assert dump_gdb.json(f"memhp {command} --json") == json.loads(text), command
+    for pfn in explain_pfns(expected):
+        text, _ = cli.render_command(expected, "explain", str(pfn), as_json=True, version=VERSION)
+        assert dump_gdb.json(f"memhp explain {pfn} --json") == json.loads(text), pfn
+
+
+@pytest.mark.parametrize("cell", [("x86_64", "6.1", "orphan")], indirect=True, ids="-".join)
+def test_gdb_finds_the_orphan_links_in_a_dump(cell, dump_gdb):
+    doc = dump_gdb.json("memhp check --json")
+    orphans = sorted((f["node"], f["block"]) for f in doc["findings"] if f["kind"] == "orphaned-link")
+    assert orphans == sorted((d["node"], d["block"]) for d in cell.truth["dangling_links"])
+    assert "orphaned-link" in dump_gdb.run("memhp check")
+
+
+def gdb_attach(gdb: Gdb, port: int) -> None:
+    assert "Remote debugging" in gdb.run(f"target remote 127.0.0.1:{port}")
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("cell", [("x86_64", "6.1", "orphan")], indirect=True, ids="-".join)
+def test_gdb_live_orphans_kaslr_and_hot_add(cell):
+    with vmcores.start_live(cell) as guest:
+        dangling = sorted((d["node"], d["block"]) for d in guest.truth()["dangling_links"])
+        assert dangling
+        gdb = Gdb("x86_64", cell.vmlinux)
+        gdb.run(f"source {MEMHP}")
+        gdb_attach(gdb, guest.gdb_port)
+        # The guest runs with KASLR: without the offset, memhp refuses and finds it.
+        assert "symbols do not match" in gdb.run("memhp check")
+        found = re.search(r"KASLR offset (0x[0-9a-f]+)", gdb.run("memhp kaslr"))
+        assert found and int(found.group(1), 16) == guest.kaslr_offset
+        gdb.run(f"symbol-file -o {found.group(1)} {cell.vmlinux}")
+
+        before = gdb.json("memhp check --json")
+        orphans = sorted((f["node"], f["block"]) for f in before["findings"]
+                         if f["kind"] == "orphaned-link")
+        assert orphans == dangling
+        blocks_before = {b["id"] for b in gdb.json("memhp blocks --json")["blocks"]}
+
+        # Let the guest run (detach resumes it), hot-add, attach again.
+        gdb.run("detach")
+        added = guest.hot_add(1, 128)
+        gdb_attach(gdb, guest.gdb_port)
+        blocks_after = {b["id"]: b for b in gdb.json("memhp blocks --json")["blocks"]}
+        assert set(blocks_after) - blocks_before == set(added["blocks"])
+        assert all(blocks_after[b]["state"] == "offline" for b in added["blocks"])
+        pfn = added["addr"] >> 12
+        assert gdb.run(f"print $memhp_section_valid({pfn})").strip().endswith("= 1")
+        assert gdb.run(f"print $memhp_pfn_valid({pfn})").strip().endswith("= 1")
+        gdb.run("detach")
+        gdb.close()
+        # Left running as found: the guest's shell still answers.
+        assert guest.run("echo alive").strip() == "alive"
