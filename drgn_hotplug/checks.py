@@ -22,13 +22,15 @@ Severities follow what a kernel developer would do with the finding:
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from . import kernels
 from .model import Finding, KernelFacts, MemblockRegion, MemblockType, Model, NodeLink, Section
-from .ranges import RangeSet, from_byte_regions, from_subsection_map, labelled_runs
+from .ranges import (RangeSet, from_byte_regions, from_section_numbers, labelled_runs,
+                     subsection_ranges)
 
 PFN_VALID_MISMATCH = "pfn-valid-mismatch"
 NOT_LINEAR_MAPPED = "not-linear-mapped"
@@ -96,7 +98,7 @@ def block_range(kernel: KernelFacts, block_id: int) -> Tuple[int, int]:
 
 
 def _sections_set(kernel: KernelFacts, sections: Iterable[Section]) -> RangeSet:
-    return RangeSet(section_range(kernel, s.nr) for s in sections)
+    return from_section_numbers((s.nr for s in sections), kernel.pfn_section_shift)
 
 
 def _active_subsections(kernel: KernelFacts, nonearly: List[Section]) -> RangeSet:
@@ -106,14 +108,15 @@ def _active_subsections(kernel: KernelFacts, nonearly: List[Section]) -> RangeSe
     unreadable map was reported by the reader and must not invent findings)."""
     if not kernels.subsections_exist(kernel):
         return _sections_set(kernel, nonearly)
+    section_shift = kernel.pfn_section_shift
     sub_shift = kernel.subsection_shift - kernel.page_shift
     pieces: List[Tuple[int, int]] = []
     for section in nonearly:
         if section.subsection_map is None:
-            pieces.append(section_range(kernel, section.nr))
+            pieces.append((section.nr << section_shift, (section.nr + 1) << section_shift))
         else:
-            pieces.extend(from_subsection_map(
-                section.nr, section.subsection_map, kernel.pfn_section_shift, sub_shift))
+            pieces.extend(subsection_ranges(section.nr, section.subsection_map,
+                                            section_shift, sub_shift))
     return RangeSet(pieces)
 
 
@@ -207,6 +210,8 @@ class _Context:
         self.sections = {s.nr: s for s in model.sections}
         self.blocks = {b.id: b for b in model.blocks}
         self.nodes = {n.nid: n for n in model.nodes}
+        self.region_index = {t.name: RegionIndex(t.regions)
+                             for t in (model.memblock_memory, model.memblock_reserved)}
 
     def sections_facts(self, start: int, end: int) -> Dict[str, Any]:
         shift = self.kernel.pfn_section_shift
@@ -221,7 +226,8 @@ class _Context:
         for mtype in (self.model.memblock_memory, self.model.memblock_reserved):
             if not mtype.available:
                 continue
-            hits = regions_overlapping(mtype.regions, self.kernel, start, end)
+            hits = self.region_index[mtype.name].overlapping(
+                start << self.kernel.page_shift, end << self.kernel.page_shift)
             facts[f"memblock_{mtype.name}"] = [region_facts(r) for r in hits[:MAX_LISTED]]
             if len(hits) > MAX_LISTED:
                 facts[f"memblock_{mtype.name}_count"] = len(hits)
@@ -252,11 +258,30 @@ def region_facts(region: MemblockRegion) -> Dict[str, Any]:
             "flag_names": list(region.flag_names), "nid": region.nid}
 
 
-def regions_overlapping(regions: Iterable[MemblockRegion], kernel: KernelFacts,
-                        start: int, end: int) -> List[MemblockRegion]:
-    """Regions with a byte in pfns [start, end)."""
-    lo, hi = start << kernel.page_shift, end << kernel.page_shift
-    return [r for r in regions if r.base < hi and r.end > lo]
+class RegionIndex:
+    """memblock regions found by bisection instead of a scan per finding.
+
+    >>> idx = RegionIndex([MemblockRegion(0x2000, 0x1000, 0), MemblockRegion(0, 0x1000, 0)])
+    >>> [hex(r.base) for r in idx.overlapping(0x800, 0x2001)]
+    ['0x0', '0x2000']
+    """
+
+    def __init__(self, regions: Iterable[MemblockRegion]):
+        self.regions = sorted(regions, key=lambda r: r.base)
+        # Running maximum of region ends: monotonic even if regions overlap.
+        self.max_ends: List[int] = []
+        for region in self.regions:
+            self.max_ends.append(max(region.end, self.max_ends[-1] if self.max_ends else 0))
+
+    def overlapping(self, lo: int, hi: int) -> List[MemblockRegion]:
+        """Regions with a byte in [lo, hi)."""
+        hits = []
+        for region in self.regions[bisect.bisect_right(self.max_ends, lo):]:
+            if region.base >= hi:
+                break
+            if region.end > lo:
+                hits.append(region)
+        return hits
 
 
 def _range_findings(ctx: _Context, kind: str, pieces: Iterable[Tuple[int, int, Reason]],
@@ -433,12 +458,24 @@ def _block_nodes(ctx: _Context) -> Dict[int, Dict[int, List[str]]]:
             for block_id in range(first, last + 1):
                 if block_id in ctx.blocks:
                     nodes[block_id][region.nid].append("memblock.memory region nid")
+    trusted = _pages_with_meaningful_nid(ctx.sets)
     for pfn, nid in ctx.model.page_nids.items():
         block_id = pfn // kernel.pages_per_block
-        if _valid_nid(nid, kernel) and block_id in ctx.blocks \
+        if _valid_nid(nid, kernel) and block_id in ctx.blocks and pfn in trusted \
                 and "page nid" not in nodes[block_id][nid]:
             nodes[block_id][nid].append("page nid")
     return {block_id: dict(by_node) for block_id, by_node in nodes.items()}
+
+
+def _pages_with_meaningful_nid(sets: PfnSets) -> RangeSet:
+    """Pfns whose page->flags nid says which node the memory is on: valid,
+    and memory rather than a hole (struct pages of holes get whatever node
+    memmap initialisation chose for the hole)."""
+    if sets.pfn_valid is None:
+        return RangeSet()
+    if sets.memblock_memory is None:
+        return sets.pfn_valid
+    return sets.pfn_valid & (sets.memblock_memory | sets.active)
 
 
 def _link_facts(link: NodeLink) -> Dict[str, Any]:

@@ -162,13 +162,20 @@ def _subtract(a: Sequence[Range], b: Sequence[Range]) -> List[Range]:
 
 
 def from_section_numbers(numbers: Iterable[int], pfn_section_shift: int) -> RangeSet:
-    """The pfns of a set of sections.
+    """The pfns of a set of sections; runs of consecutive section numbers
+    are merged before any range is built.
 
     >>> from_section_numbers([3, 1, 2, 7], 15).ranges
     ((32768, 131072), (229376, 262144))
     """
-    size = 1 << pfn_section_shift
-    return RangeSet((nr * size, (nr + 1) * size) for nr in numbers)
+    runs: List[Range] = []
+    for nr in sorted(set(numbers)):
+        if runs and runs[-1][1] == nr:
+            runs[-1] = (runs[-1][0], nr + 1)
+        else:
+            runs.append((nr, nr + 1))
+    return RangeSet._from_coalesced([(s << pfn_section_shift, e << pfn_section_shift)
+                                     for s, e in runs])
 
 
 def from_byte_regions(regions: Iterable[Tuple[int, int]], page_shift: int) -> RangeSet:
@@ -203,17 +210,16 @@ def bitmap_runs(bitmap: int) -> Iterator[Range]:
         offset += ones
 
 
-def from_subsection_map(section_nr: int, bitmap: int, pfn_section_shift: int,
-                        pfn_subsection_shift: int) -> RangeSet:
-    """The pfns of the active subsections of one section.
+def subsection_ranges(section_nr: int, bitmap: int, pfn_section_shift: int,
+                      pfn_subsection_shift: int) -> Iterator[Range]:
+    """The pfn ranges of the active subsections of one section, in order.
 
-    >>> from_subsection_map(1, 0b1011, 15, 9).ranges
-    ((32768, 33792), (34304, 34816))
+    >>> list(subsection_ranges(1, 0b1011, 15, 9))
+    [(32768, 33792), (34304, 34816)]
     """
     base = section_nr << pfn_section_shift
-    return RangeSet((base + (s << pfn_subsection_shift),
-                     base + (e << pfn_subsection_shift))
-                    for s, e in bitmap_runs(bitmap))
+    for s, e in bitmap_runs(bitmap):
+        yield base + (s << pfn_subsection_shift), base + (e << pfn_subsection_shift)
 
 
 def labelled_runs(pieces: Iterable[Tuple[int, int, Any]]) -> List[Tuple[int, int, Any]]:

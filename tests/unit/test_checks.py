@@ -279,3 +279,17 @@ def test_explain_a_pfn_outside_every_section():
     e = checks.explain(h.x86_boot(), 0x200000)
     assert e["section"] == {"nr": 64, "present": False}
     assert e["pfn_valid"]["value"] is False and e["findings"] == []
+
+
+def test_page_nid_counts_for_memory_but_not_for_a_hole():
+    model = h.x86_boot()
+    # pfn 0 is a hole (not in memblock.memory): its struct page's nid says
+    # nothing about where memory0 lives.
+    model.page_nids = {0x0: 1}
+    assert serious(checks.run_checks(model)) == []
+    # pfn 0x20000 is memory4's first page of RAM: a page on node 0 means the
+    # kernel also links memory4 under node0.
+    model.page_nids = {0x20000: 0}
+    (finding,) = serious(checks.run_checks(model))
+    assert (finding.kind, finding.node, finding.block) == (MISSING_LINK, 0, 4)
+    assert finding.facts["block_nodes"]["0"] == ["page nid"]
