@@ -176,36 +176,42 @@ def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
 def convert_dumps(raw: Path, out: Path, k: Kernel) -> dict:
     """Write the cell's dump formats from QEMU's raw ELF, then delete it.
 
-    Returns facts for cell.json (e.g. why the filtered dump is missing).
+    On x86_64, makedumpfile (~15 s) runs alongside the Python conversions.
+    Returns facts for cell.json (why the filtered dump is missing, if it is).
     """
     facts: dict = {}
+    classic = out / "classic.elf"
     try:
+        filtering = start_makedumpfile(raw, classic, out / "vmcore-filtered.kdump", k) if k.arch == "x86_64" else None
         dumpfmt.write_kdump(raw, out / "vmcore.kdump")
         dumpfmt.write_kvaddr_elf(raw, out / "vmcore-kvaddr.elf")
-        if k.arch == "x86_64":
-            facts["filtered_kdump_error"] = makedumpfile_filtered(raw, out / "vmcore-filtered.kdump", k)
+        if filtering:
+            facts["filtered_kdump_error"] = makedumpfile_error(filtering, out / "vmcore-filtered.kdump")
     finally:
         raw.unlink(missing_ok=True)
+        classic.unlink(missing_ok=True)
     return facts
 
 
-def makedumpfile_filtered(raw: Path, out: Path, k: Kernel) -> str | None:
-    """``makedumpfile -c -d 31`` of the dump (a ~20 MB filtered kdump), or the reason it failed.
+def start_makedumpfile(raw: Path, classic: Path, out: Path, k: Kernel) -> subprocess.Popen:
+    """Start ``makedumpfile -c -d 31`` on the dump (a ~20 MB filtered kdump).
 
     makedumpfile rejects QEMU 7.2's layout (section headers before program
-    headers), hence the classic-layout copy first. On the pmem cell it cannot
-    read the struct pages of the inactive subsection and fails (testbed-notes).
+    headers), hence the classic-layout copy first.
     """
-    classic = raw.with_name("classic.elf")
-    try:
-        dumpfmt.write_classic_elf(raw, classic)
-        proc = subprocess.run(["makedumpfile", "-c", "-d", "31", "-x", str(k.vmlinux), str(classic), str(out)],
-                              capture_output=True, text=True)
-    finally:
-        classic.unlink(missing_ok=True)
+    dumpfmt.write_classic_elf(raw, classic)
+    return subprocess.Popen(["makedumpfile", "-c", "-d", "31", "-x", str(k.vmlinux), str(classic), str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def makedumpfile_error(proc: subprocess.Popen, out: Path) -> str | None:
+    """None once makedumpfile succeeded, else its last error line. It fails on
+    the pmem cell: it cannot read the struct pages of the inactive subsection
+    (testbed-notes)."""
+    _, err = proc.communicate()
     if proc.returncode:
         out.unlink(missing_ok=True)
-        return (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        return (err.strip().splitlines() or ["failed"])[-1]
     return None
 
 
