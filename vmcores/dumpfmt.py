@@ -351,12 +351,19 @@ def utsname(dump: PhysDump, mm: mmap.mmap) -> bytes:
     return b"".join(v.encode()[:UTS_LEN - 1].ljust(UTS_LEN, b"\0") for v in fields)
 
 
+# Before v5.11 VMCOREINFO had no OFFSET(uts_namespace.name) and struct
+# uts_namespace began with a struct kref (4 bytes); the OSRELEASE comparison
+# below rejects a wrong guess.
+UTS_NAMESPACE_NAME_BEFORE_5_11 = 4
+
+
 def _init_uts_ns(dump: PhysDump, mm: mmap.mmap) -> bytes | None:
     info = dump.vmcoreinfo
-    if "SYMBOL(init_uts_ns)" not in info or "OFFSET(uts_namespace.name)" not in info:
+    if "SYMBOL(init_uts_ns)" not in info:
         return None
-    name = (vmcoreinfo_int(info, "SYMBOL(init_uts_ns)")
-            + vmcoreinfo_int(info, "OFFSET(uts_namespace.name)"))
+    offset = (vmcoreinfo_int(info, "OFFSET(uts_namespace.name)")
+              if "OFFSET(uts_namespace.name)" in info else UTS_NAMESPACE_NAME_BEFORE_5_11)
+    name = vmcoreinfo_int(info, "SYMBOL(init_uts_ns)") + offset
     raw = phys_read(dump, mm, kernel_image_phys(dump, name), 6 * UTS_LEN)
     release = raw[2 * UTS_LEN:3 * UTS_LEN].split(b"\0")[0].decode("ascii", "replace")
     return raw if raw and release == info.get("OSRELEASE") else None
