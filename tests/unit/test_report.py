@@ -83,3 +83,23 @@ def test_human_sizes():
     assert report.human_size(0) == "0 B"
     assert report.human_size(1 << 30) == "1 GiB"
     assert report.human_size(64 << 40) == "64 TiB"
+
+
+def test_large_tables_are_laid_out_exactly_like_tabulate():
+    # Same rows through tabulate and through the fast path used above
+    # TABULATE_MAX_ROWS rows (empty and escaped cells included).
+    rows = [[f"memory{i}", "" if i % 3 else "x" * (i % 7), f"{i:#x}", "node\x1b1"]
+            for i in range(50)]
+    headers = ("NAME", "EMPTYISH", "HEX", "TARGET")
+    cells = [[report.escape(c) for c in row] for row in rows]
+    assert report._plain_table(cells, headers) == report.tabulate(
+        cells, headers=list(headers), tablefmt="simple", disable_numparse=True)
+
+
+def test_a_64_tib_sections_table_uses_the_fast_layout():
+    model = h.x86_boot()
+    model.sections = [h.section(nr) for nr in range(report.TABULATE_MAX_ROWS + 1)]
+    lines = report.render_sections(model).splitlines()
+    assert len(lines) == report.TABULATE_MAX_ROWS + 3
+    assert lines[-1].split() == ["2000", "0xffff888003e27d00", "0xffffea00fa00000b", "PMOE",
+                                 "0x3e80000-0x3e87fff", "all", "64"]
