@@ -123,9 +123,11 @@ def open_program(core: Optional[str] = None, qemu: Optional[str] = None,
             prog.set_qemu_qmp(qemu)
         else:
             prog.set_kernel()
-    except (OSError, ValueError, drgn.FaultError) as error:
+    except Exception as error:
+        # libkdumpfile's errors reach Python as a bare Exception (drgn 0.3.0),
+        # so anything raised while opening means "cannot open".
         where = core or qemu or "/proc/kcore"
-        raise Unanalysable(f"cannot open {where}: {error}") from error
+        raise Unanalysable(f"cannot open {where}: {_first_line(error)}") from error
     _load_kernel_debug_info(prog, symbols)
     return prog
 
