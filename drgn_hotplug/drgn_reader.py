@@ -38,6 +38,12 @@ _INTERESTING_CONFIG = re.compile(
     r"PGTABLE_LEVELS|RANDOMIZE_BASE|FLATMEM)$")
 
 
+# Tags that name more than one structure in a vmlinux, and the header of the
+# one the reader reads: 5.10's kernel/audit_tree.c has its own struct node
+# (seen on Debian 5.10.0-43: offsetof(struct node, dev) failed every other run).
+_TYPE_HEADERS = {"struct node": "include/linux/node.h"}
+
+
 def read_model(prog: Program) -> Model:
     """Everything the checks need, read from ``prog``.
 
@@ -87,15 +93,20 @@ class DrgnTarget:
 
     def sizeof(self, type_name: str) -> Optional[int]:
         try:
-            return drgn.sizeof(self.prog.type(type_name))
+            return drgn.sizeof(self._type(type_name))
         except LookupError:
             return None
 
     def offsetof(self, type_name: str, member: str) -> Optional[int]:
         try:
-            return drgn.offsetof(self.prog.type(type_name), member)
+            return drgn.offsetof(self._type(type_name), member)
         except LookupError:
             return None
+
+    def _type(self, type_name: str) -> drgn.Type:
+        # A tag defined twice in vmlinux resolves to either definition from one
+        # run to the next: pin the one the reader means by its header.
+        return self.prog.type(type_name, _TYPE_HEADERS.get(type_name))
 
     def enumerator(self, name: str) -> Optional[int]:
         try:
