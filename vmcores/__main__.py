@@ -4,6 +4,7 @@
     python -m vmcores build-all
     python -m vmcores list
     python -m vmcores start --arch x86_64 --kernel 6.1 --scenario orphan   # live until Ctrl-C
+    python -m vmcores corpus --seed 1 --cases 1000   # broken-input corpus, markdown result table
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def list_cells(args) -> int:
     """The matrix, with the cached cell directories of each entry (current code hash marked '*')."""
     for arch, kernel, scenario in matrix():
         built = sorted(cells_dir().glob(f"{arch}-{kernel}-{scenario}-*/cell.json"))
-        names = [p.parent.name + (" *" if p.parent.name.endswith(bed_hash()) else "") for p in built]
+        names = [p.parent.name + (" *" if p.parent.name.endswith(bed_hash(arch)) else "") for p in built]
         print(f"{arch:7} {kernel:5} {scenario:8} {', '.join(names) or '-'}")
-    print(f"(* = built by the current bed code, hash {bed_hash()}; cache {cells_dir()})")
+    print(f"(* = built by the current bed code, hashes x86_64 {bed_hash('x86_64')}, "
+          f"arm64 {bed_hash('arm64')}; cache {cells_dir()})")
     return 0
 
 
@@ -74,6 +76,12 @@ def start(args) -> int:
     return 0
 
 
+def corpus(args) -> int:
+    from . import corpus as corpus_mod
+
+    return corpus_mod.main(args.seed, args.cases, args.workers, args.only)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vmcores", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(func=func)
     sub.add_parser("build-all").set_defaults(func=build_all)
     sub.add_parser("list").set_defaults(func=list_cells)
+    p = sub.add_parser("corpus", help="run drgn-hotplug on mutated dumps of the bed")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--cases", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--only", metavar="IDS", help="comma-separated case numbers to rerun")
+    p.set_defaults(func=corpus)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -36,9 +36,9 @@ from .scenarios import SCENARIOS, LiveGuest
 KERNELS = {"x86_64": ("5.10", "6.1", "6.12"), "arm64": ("5.10", "6.1")}
 
 # The files whose code decides what a guest does and what its cell records
-# (packages are keyed by their version instead).
-BED_FILES = ("initramfs.py", "guest.py", "scenarios.py", "truth.py", "dumpfmt.py", "aarch64.py",
-             "arm64_bed.py")
+# (packages are keyed by their version instead), per arch.
+BED_FILES = ("initramfs.py", "guest.py", "scenarios.py", "truth.py", "dumpfmt.py")
+ARCH_BED_FILES = {"x86_64": (), "arm64": ("aarch64.py", "arm64_bed.py")}
 
 
 def matrix() -> list[tuple[str, str, str]]:
@@ -52,10 +52,10 @@ def matrix() -> list[tuple[str, str, str]]:
 
 
 @functools.lru_cache(maxsize=None)
-def bed_hash() -> str:
-    """A short hash of the bed's code (see BED_FILES)."""
+def bed_hash(arch: str) -> str:
+    """A short hash of the bed's code for one arch (see BED_FILES)."""
     h = hashlib.sha256()
-    for name in BED_FILES:
+    for name in BED_FILES + ARCH_BED_FILES[arch]:
         path = Path(__file__).with_name(name)
         if path.exists():
             h.update(name.encode() + b"\0" + path.read_bytes())
@@ -112,7 +112,7 @@ def build_cell(arch: str, kernel: str, scenario: str) -> Cell:
     """Build (or reuse from cache) one cell and return it."""
     check_combination(arch, kernel, scenario)
     k = fetch_kernel(arch, kernel)
-    name = f"{arch}-{kernel}-{scenario}-{k.version}-{bed_hash()}"
+    name = f"{arch}-{kernel}-{scenario}-{k.version}-{bed_hash(arch)}"
     final = cells_dir() / name
     cells_dir().mkdir(parents=True, exist_ok=True)
     # Parallel test sessions may ask for the same cell: one builds, the others wait.
@@ -128,7 +128,18 @@ def build_cell(arch: str, kernel: str, scenario: str) -> Cell:
                 work.rename(final)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+            prune_older_cells(final)
     return Cell(final)
+
+
+def prune_older_cells(newest: Path, keep: int = 2) -> None:
+    """Delete the older builds of the same cell, keeping the ``keep`` newest
+    (a test may still be reading the previous one); keeps the cache small."""
+    arch, kernel, scenario = newest.name.split("-")[:3]
+    builds = sorted(cells_dir().glob(f"{arch}-{kernel}-{scenario}-*/cell.json"),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[keep:]:
+        shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def guest_spec(k: Kernel, scenario: str, workdir: Path) -> GuestSpec:
@@ -165,7 +176,7 @@ def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
         "vmlinux": str(k.vmlinux), "kernel_dir": str(k.dir), "image": str(k.image),
         "initrd": str(final / "initrd"),
         "qemu_argv": argv, "cmdline": spec.cmdline, "kaslr_offset": kaslr_offset,
-        "scenario": scenario, "scenario_hash": bed_hash(), "qemu_version": qemu_version(k.arch),
+        "scenario": scenario, "scenario_hash": bed_hash(k.arch), "qemu_version": qemu_version(k.arch),
         "dump_seconds": round(dump_seconds, 2),
     }
     meta.update(convert_dumps(work / "raw.elf", work, k))
