@@ -162,6 +162,7 @@ def kernel_dict(kernel: KernelFacts) -> Dict[str, Any]:
         "keeps_memblock": kernel.keeps_memblock, "kaslr_offset": kernel.kaslr_offset,
         "arch_pfn_valid_inlines": (None if kernel.arch_pfn_valid_inlines is None
                                    else list(kernel.arch_pfn_valid_inlines)),
+        "config": dict(kernel.config),
     }
     out["pfn_valid_rule"] = kernels.rule_for(kernel).name
     return out
