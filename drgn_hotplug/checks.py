@@ -17,7 +17,8 @@ Severities follow what a kernel developer would do with the finding:
   sections since v5.3, NOMAP memory outside the linear map, holes inside
   early sections, hot-added memory on arches that never put it in memblock).
 
->>> from .model import Model  # see tests/unit for hand-made models
+docs/FINDINGS.md tabulates every kind, cause and severity; tests/unit/handmade.py
+builds the small models the checks are tested on.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import kernels
 from .model import Finding, KernelFacts, MemblockRegion, MemblockType, Model, NodeLink, Section

@@ -61,9 +61,10 @@ GENERIC_SECTION = PfnValidRule(
     "include/linux/mmzone.h before v5.3: valid_section(__nr_to_section(nr))")
 GENERIC_SUBSECTION = PfnValidRule(
     "generic-subsection", True, True, None,
-    "include/linux/mmzone.h since v5.3 (f46edbd1b151 'mm/sparsemem: add "
-    "helpers track active portions of a section at boot'): valid_section(ms) "
-    "&& (early_section(ms) || pfn_section_valid(ms, pfn))")
+    "include/linux/mmzone.h since v5.3 (subsection map: f46edbd1b151 'mm/sparsemem: "
+    "add helpers track active portions of a section at boot'; early sections: "
+    "326e1b8f83a4 'mm/sparsemem: introduce a SECTION_IS_EARLY flag'): "
+    "valid_section(ms) && (early_section(ms) || pfn_section_valid(ms, pfn))")
 ARM64_MEMBLOCK_MEMORY_ONLY = PfnValidRule(
     "arm64-memblock-memory-only", False, False, MEMORY,
     "arch/arm64/mm/init.c before v4.5: memblock_is_memory(pfn << PAGE_SHIFT)")

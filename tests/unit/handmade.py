@@ -15,7 +15,7 @@ showed about themselves (docs: /work/shared/testbed-notes.md):
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from drgn_hotplug.model import (KernelFacts, MemblockRegion, MemblockType, MemoryBlock,
                                 Model, Node, NodeLink, Section)
