@@ -594,9 +594,20 @@ def _missing_link_finding(ctx: _Context, links: _Links, block, nid: int,
 def run_checks(model: Model) -> List[Finding]:
     """Every check on one model, findings sorted by kind order then position.
 
-    >>> # run_checks(model) -> [Finding(kind="orphaned-link", ...), ...]
+    >>> from drgn_hotplug.model import KernelFacts, MemblockType
+    >>> kernel = KernelFacts("x86_64", "6.1.0-27-cloud-amd64", (6, 1, 115), 4096, 27, 46,
+    ...                      1 << 19, 21, 1 << 27, 1024, True, True, False)
+    >>> no_memblock = MemblockType("memory", 0, 0, 128, (), False, "discarded")
+    >>> stale = NodeLink("node-to-block", 1, 32, "memory32", 0xffff888004c50600,
+    ...                  0xffff888021171480, "memory32", False, ("deactivated",))
+    >>> [(f.kind, f.node, f.block) for f in run_checks(Model(kernel, [], no_memblock,
+    ...  no_memblock, [], [], [stale]))]
+    [('orphaned-link', 1, 32)]
     """
-    ctx = _Context(model, pfn_sets(model))
+    return _run_all(_Context(model, pfn_sets(model)))
+
+
+def _run_all(ctx: _Context) -> List[Finding]:
     links = _Links(ctx)
     findings = (check_pfn_valid_mismatch(ctx) + check_not_linear_mapped(ctx)
                 + check_memblock_without_memmap(ctx) + check_memmap_without_memblock(ctx)
@@ -651,8 +662,7 @@ def explain(model: Model, pfn: int) -> Dict[str, Any]:
         "memblock": _explain_memblock(model, pfn),
         "memory_block": _explain_block(ctx, pfn),
         "page_nid": model.page_nids.get(pfn),
-        "findings": [_finding_summary(f) for f in run_checks(model)
-                     if _finding_covers(ctx, f, pfn)],
+        "findings": [_finding_summary(f) for f in _run_all(ctx) if _finding_covers(ctx, f, pfn)],
     }
 
 
