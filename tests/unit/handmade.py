@@ -159,8 +159,9 @@ ARM64_MEMORY = [(0x04000000, 0x08000000, NOMAP, 0),       # flash variable store
                 (0x7c730000, 0x7fc00000, 0, 0),
                 (0x7fc00000, 0x7ffe0000, NOMAP, 0),       # UEFI runtime
                 (0x7ffe0000, 0x80000000, 0, 0),
-                (0x80000000, 0xc0000000, 0, 1)]
-ARM64_NOMAP = [(0x04000000, 0x08000000), (0x7c440000, 0x7c730000), (0x7fc00000, 0x7ffe0000)]
+                (0x80000000, 0xbfbfc000, 0, 1),
+                (0xbfbfc000, 0xbfbfc0f4, NOMAP, 1),       # the SRAT override table
+                (0xbfbfc0f4, 0xc0000000, 0, 1)]
 
 
 def arm64_510(inlines=("valid_section",), version=(5, 10, 223)) -> Model:

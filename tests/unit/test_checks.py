@@ -160,6 +160,7 @@ ARM64_510_MISMATCH = [
     (0x8000, 0x40000, "not-in-memblock"),     # hole up to RAM at 1 GiB
     (0x7c440, 0x7c730, "memblock-nomap"),     # UEFI runtime
     (0x7fc00, 0x7ffe0, "memblock-nomap"),     # UEFI runtime
+    (0xbfbfc, 0xbfbfd, "memblock-nomap"),     # SRAT override, 244 bytes
 ]
 
 
@@ -211,7 +212,7 @@ def test_arm64_514_memblock_is_memory_makes_nomap_valid():
         (0x0, 0x4000, "not-in-memblock"), (0x8000, 0x40000, "not-in-memblock")]
     assert h.ranges_of(h.by_kind(findings, NOT_LINEAR_MAPPED)) == [
         (0x4000, 0x8000, "memblock-nomap"), (0x7c440, 0x7c730, "memblock-nomap"),
-        (0x7fc00, 0x7ffe0, "memblock-nomap")]
+        (0x7fc00, 0x7ffe0, "memblock-nomap"), (0xbfbfc, 0xbfbfd, "memblock-nomap")]
 
 
 def test_arm64_memblock_based_rule_without_memblock_is_skipped():
@@ -232,7 +233,8 @@ def test_arm64_61_nomap_is_not_linear_mapped_and_nothing_is_serious():
     assert not h.by_kind(findings, PFN_VALID_MISMATCH)
     assert h.ranges_of(h.by_kind(findings, NOT_LINEAR_MAPPED)) == [
         (0x0, 0x4000, "not-in-memblock"), (0x4000, 0x8000, "memblock-nomap"),
-        (0x7c440, 0x7c730, "memblock-nomap"), (0x7fc00, 0x7ffe0, "memblock-nomap")]
+        (0x7c440, 0x7c730, "memblock-nomap"), (0x7fc00, 0x7ffe0, "memblock-nomap"),
+        (0xbfbfc, 0xbfbfd, "memblock-nomap")]
 
 
 def test_arm64_61_hot_added_memory_missing_from_memblock_is_a_warning():
