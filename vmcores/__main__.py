@@ -33,15 +33,21 @@ def build(args) -> int:
 
 
 def build_all(args) -> int:
+    """Build every cell of the matrix; a cell that fails is tried once more
+    (TCG guests rarely, but really, die at random)."""
     failed = []
     for arch, kernel, scenario in matrix():
-        start = time.monotonic()
-        try:
-            cell = build_cell(arch, kernel, scenario)
-            print(f"{arch} {kernel} {scenario}: {time.monotonic() - start:.1f} s {cell.dir}", flush=True)
-        except (ChannelError, PackageError, OSError) as err:
+        for attempt in (1, 2):
+            start = time.monotonic()
+            try:
+                cell = build_cell(arch, kernel, scenario)
+                print(f"{arch} {kernel} {scenario}: {time.monotonic() - start:.1f} s {cell.dir}", flush=True)
+                break
+            except Exception as err:  # one cell's failure, whatever it is, must not stop the matrix
+                print(f"{arch} {kernel} {scenario}: attempt {attempt} FAILED: {type(err).__name__}: {err}",
+                      flush=True)
+        else:
             failed.append((arch, kernel, scenario))
-            print(f"{arch} {kernel} {scenario}: FAILED: {err}", flush=True)
     if failed:
         print(f"{len(failed)} cells failed: " + ", ".join(" ".join(c) for c in failed))
     return 1 if failed else 0
