@@ -553,10 +553,11 @@ class PageTables:
         raise NotImplementedError
 
     def kind(self, entry: int, shift: int) -> str:
-        """"leaf", "table" or "none" for one descriptor at the level of ``shift``."""
+        """What one descriptor at the level of ``shift`` is: "leaf", "table" or "none"."""
         raise NotImplementedError
 
     def vaddr(self, index_bits: int) -> int:
+        """The kernel address of table-index bits: the kernel half is the top one."""
         return index_bits | (~0 << self.va_bits) & (2**64 - 1)
 
 
@@ -568,7 +569,7 @@ class X86PageTables(PageTables):
 
     def __init__(self, five_level: bool, sme_mask: int):
         self.shifts = (48, 39, 30, 21, 12) if five_level else (39, 30, 21, 12)
-        self.va_bits = self.shifts[0] + 8       # the top index's high bit is the sign
+        self.va_bits = self.shifts[0] + 9
         self.address_mask = 0x000FFFFFFFFFF000 & ~sme_mask
 
     def top_indices(self) -> range:
@@ -580,9 +581,6 @@ class X86PageTables(PageTables):
         if shift == 12 or (shift in (21, 30) and entry & self.PSE):
             return "leaf"
         return "table"
-
-    def vaddr(self, index_bits: int) -> int:
-        return index_bits | (~0 << (self.va_bits + 1)) & (2**64 - 1)
 
 
 class Arm64PageTables(PageTables):
@@ -599,7 +597,7 @@ class Arm64PageTables(PageTables):
             raise DumpFormatError(f"arm64 with {va_bits}-bit kernel VAs and 4K pages "
                                   "(LPA2, Linux 6.9+) is not supported")
         self.va_bits = va_bits
-        self.shifts = tuple(range(12 + 9 * ((va_bits - 4) // 9 - 1), 11, -9))
+        self.shifts = {39: (30, 21, 12), 48: (39, 30, 21, 12)}[va_bits]
         self.address_mask = 0x0000FFFFFFFFF000
 
     def top_indices(self) -> range:
