@@ -166,8 +166,12 @@ def modelled_pfn_valid(rule: kernels.PfnValidRule, valid: RangeSet, early: Range
 
 
 def pfn_sets(model: Model) -> PfnSets:
-    """Build every pfn set the checks use."""
+    """Build every pfn set the checks use; ValueError (one line) when the
+    kernel constants are nonsense."""
     kernel = model.kernel
+    problem = kernels.facts_problem(kernel)
+    if problem:
+        raise ValueError(f"cannot analyse: {problem}")
     valid_sections = [s for s in model.sections if s.valid]
     early_sections = [s for s in valid_sections if s.early]
     nonearly_sections = [s for s in valid_sections if not s.early]

@@ -156,10 +156,42 @@ def has_pfn_is_map_memory(arch: str, version: Version) -> bool:
     return arch == ARM64 and version >= (5, 14, 0)
 
 
+def facts_problem(kernel: KernelFacts) -> Optional[str]:
+    """Why the kernel constants cannot describe a SPARSEMEM kernel, or None.
+
+    Readers turn a problem into a one-line "cannot analyse" error; the
+    checks refuse such facts rather than divide by zero on them.
+
+    >>> facts_problem(KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21,
+    ...                           1 << 27, 1024, True, True, False)) is None
+    True
+    >>> facts_problem(KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21,
+    ...                           0, 1024, True, True, False))
+    'memory block size 0x0 is not a power-of-two multiple of the 0x8000000-byte section'
+    """
+    page, bits = kernel.page_size, kernel.section_size_bits
+    if page < 512 or page & (page - 1):
+        return f"page size {page} is not a power of two"
+    if not kernel.page_shift < bits <= kernel.max_physmem_bits <= 64:
+        return (f"SECTION_SIZE_BITS {bits} does not fit between the page shift "
+                f"{kernel.page_shift} and MAX_PHYSMEM_BITS {kernel.max_physmem_bits}")
+    block = kernel.memory_block_size
+    if block < 1 << bits or block & (block - 1):
+        return (f"memory block size {block:#x} is not a power-of-two multiple of the "
+                f"{1 << bits:#x}-byte section")
+    sub = kernel.subsection_shift
+    if sub is not None and not kernel.page_shift <= sub <= bits:
+        return f"subsection shift {sub} does not fit between page and section"
+    if kernel.max_numnodes <= 0 or kernel.nr_mem_sections <= 0:
+        return "MAX_NUMNODES and NR_MEM_SECTIONS must be positive"
+    return None
+
+
 def subsections_exist(kernel: KernelFacts) -> bool:
     """Subsection maps exist since v5.3 (f46edbd1b151) and only with
     SPARSEMEM_VMEMMAP; otherwise ``pfn_section_valid()`` returns 1."""
-    return kernel.version >= (5, 3, 0) and kernel.sparsemem_vmemmap
+    return (kernel.version >= (5, 3, 0) and kernel.sparsemem_vmemmap
+            and kernel.subsection_shift is not None)
 
 
 # ---------------------------------------------------------------- memblock

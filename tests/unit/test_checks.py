@@ -2,6 +2,8 @@
 
 from dataclasses import replace
 
+import pytest
+
 import handmade as h
 from drgn_hotplug import checks, report
 from drgn_hotplug.checks import (MEMBLOCK_WITHOUT_MEMMAP, MEMMAP_WITHOUT_MEMBLOCK, MISSING_LINK,
@@ -295,3 +297,12 @@ def test_page_nid_counts_for_memory_but_not_for_a_hole():
     (finding,) = serious(checks.run_checks(model))
     assert (finding.kind, finding.node, finding.block) == (MISSING_LINK, 0, 4)
     assert finding.facts["block_nodes"]["0"] == ["page nid"]
+
+
+def test_nonsense_kernel_constants_are_a_one_line_error():
+    model = h.x86_boot(h.x86_kernel(memory_block_size=0))
+    with pytest.raises(ValueError, match="^cannot analyse: memory block size 0x0 is not"):
+        checks.run_checks(model)
+    model = h.x86_boot(h.x86_kernel(section_size_bits=50))
+    with pytest.raises(ValueError, match="SECTION_SIZE_BITS 50 does not fit"):
+        checks.explain(model, 0)
