@@ -111,12 +111,14 @@ def _active_subsections(kernel: KernelFacts, nonearly: List[Section]) -> RangeSe
         return _sections_set(kernel, nonearly)
     section_shift = kernel.pfn_section_shift
     sub_shift = kernel.subsection_shift - kernel.page_shift
+    # Bits past SUBSECTIONS_PER_SECTION would be garbage from a bad read.
+    mask = (1 << (section_shift - sub_shift)) - 1
     pieces: List[Tuple[int, int]] = []
     for section in nonearly:
         if section.subsection_map is None:
             pieces.append((section.nr << section_shift, (section.nr + 1) << section_shift))
         else:
-            pieces.extend(subsection_ranges(section.nr, section.subsection_map,
+            pieces.extend(subsection_ranges(section.nr, section.subsection_map & mask,
                                             section_shift, sub_shift))
     return RangeSet(pieces)
 

@@ -85,6 +85,13 @@ def test_partial_hot_add_inactive_subsections_are_info():
     assert (mismatch.severity, mismatch.facts["reason_code"]) == ("info", "subsection-inactive")
 
 
+def test_garbage_subsection_bits_stay_inside_their_section():
+    model = h.x86_hotplug()
+    model.sections[-1] = h.section(33, h.HOTPLUGGED, subsection_map=((1 << 32) - 1) | 1 << 70)
+    (mismatch,) = h.by_kind(checks.run_checks(model), PFN_VALID_MISMATCH)
+    assert (mismatch.start_pfn, mismatch.end_pfn) == (0x10c000, 0x110000)
+
+
 def test_pre_53_generic_pfn_valid_has_no_subsection_mismatch():
     # Before v5.3 generic pfn_valid() is valid_section() alone.
     kernel = h.x86_kernel(version=(4, 19, 0), subsection_shift=None)
