@@ -272,25 +272,39 @@ def decode_memblock_regions(data: bytes, count: int, layout: MemblockLayout,
 def walk_list(target: Target, head: int, limit: int = 1 << 22) -> Iterator[int]:
     """Addresses of the ``list_head`` nodes on a circular list (head excluded).
 
-    Stops with ReadError on a broken link and after ``limit`` nodes so a
-    corrupt list cannot hang the reader.
+    Raises ReadError on a broken link, on a loop that never comes back to
+    the head and after ``limit`` nodes, so a corrupt list cannot hang the
+    reader.
     """
+    seen = set()
     node = read_word(target, head)
-    for _ in range(limit):
-        if node == head:
-            return
+    while node != head:
+        if node in seen:
+            raise ReadError(node, WORD, f"list at {head:#x} loops back to {node:#x}")
+        if len(seen) >= limit:
+            raise ReadError(head, WORD, f"list at {head:#x} longer than {limit} nodes")
+        seen.add(node)
         yield node
         node = read_word(target, node)
-    raise ReadError(head, WORD, f"list at {head:#x} longer than {limit} nodes")
 
 
 def walk_rbtree(target: Target, root: int, limit: int = 1 << 22) -> List[int]:
-    """Addresses of the ``rb_node``s of an ``rb_root`` in order (left child at +16, right at +8)."""
+    """Addresses of the ``rb_node``s of an ``rb_root`` in order (left child at +16, right at +8).
+
+    Raises ReadError when a node is reached twice (a corrupt link made a
+    cycle) or the tree holds more than ``limit`` nodes.
+    """
     out: List[int] = []
     stack: List[int] = []
+    seen = set()
     node = read_word(target, root)
-    while (stack or node) and len(out) < limit:
+    while stack or node:
         while node:
+            if node in seen:
+                raise ReadError(node, WORD, f"rbtree at {root:#x} reaches {node:#x} twice")
+            if len(seen) >= limit:
+                raise ReadError(root, WORD, f"rbtree at {root:#x} larger than {limit} nodes")
+            seen.add(node)
             stack.append(node)
             node = read_word(target, node + 16)
         node = stack.pop()
@@ -302,24 +316,36 @@ def walk_rbtree(target: Target, root: int, limit: int = 1 << 22) -> List[int]:
 XA_CHUNK_SHIFT = 6
 
 
-def walk_xarray(target: Target, xa_head: int, slots_offset: int) -> Dict[int, int]:
+def walk_xarray(target: Target, xa_head: int, slots_offset: int,
+                max_index: int = 1 << 32) -> Dict[int, int]:
     """index -> entry of every pointer entry in an xarray whose head is ``xa_head``.
 
     Internal entries (bit 1 set, value > 4096) point to ``struct xa_node``s
     (ptr - 2); value entries (bit 0) are not pointers and are skipped, as
-    the kernel's memory_blocks array holds only pointers.
+    the kernel's memory_blocks array holds only pointers. A node reached
+    twice, a node whose ``shift`` is not its parent's minus XA_CHUNK_SHIFT
+    or an index above ``max_index`` raises ReadError: the array is corrupt.
     """
     entries: Dict[int, int] = {}
+    seen = set()
     stack = [(xa_head, 0, None)]
     while stack:
-        entry, index, shift = stack.pop()
+        entry, index, parent_shift = stack.pop()
         if not entry or entry & 1:
             continue
+        if index > max_index:
+            raise ReadError(entry, WORD, f"xarray index {index} above the limit {max_index}")
         if entry & 3 == 2:
             if entry <= 4096:
                 continue  # retry, zero and sibling entries
             node = entry - 2
+            if node in seen:
+                raise ReadError(node, WORD, f"xarray reaches xa_node {node:#x} twice")
+            seen.add(node)
             node_shift = uint_at(target.read(node, 1), 0, 1)
+            expected = None if parent_shift is None else parent_shift - XA_CHUNK_SHIFT
+            if node_shift % XA_CHUNK_SHIFT or node_shift >= 64 or expected not in (None, node_shift):
+                raise ReadError(node, 1, f"xa_node {node:#x} has a corrupt shift {node_shift}")
             slots = decode_words(target.read(node + slots_offset, WORD << XA_CHUNK_SHIFT))
             stack.extend((slot, index + (i << node_shift), node_shift)
                          for i, slot in enumerate(slots))
@@ -387,10 +413,12 @@ def kernfs_dead_reasons(kn: KernfsNode, in_parent: bool, layout: KernfsLayout) -
 class KernfsReader:
     """Reads kernfs nodes, names and directory children, caching what it read."""
 
-    def __init__(self, target: Target, layout: KernfsLayout, page_size: int):
+    def __init__(self, target: Target, layout: KernfsLayout, page_size: int,
+                 max_children: int = 1 << 22):
         self.target = target
         self.layout = layout
         self.page_size = page_size
+        self.max_children = max_children
         self._nodes: Dict[int, KernfsNode] = {}
         self._children: Dict[int, frozenset] = {}
 
@@ -404,7 +432,7 @@ class KernfsReader:
         return read_cstring(self.target, kn.name_address, page_size=self.page_size)
 
     def children(self, directory: int) -> List[KernfsNode]:
-        rb_nodes = walk_rbtree(self.target, directory + self.layout.children)
+        rb_nodes = walk_rbtree(self.target, directory + self.layout.children, self.max_children)
         self._children[directory] = frozenset(rb - self.layout.rb for rb in rb_nodes)
         return [self.node(rb - self.layout.rb) for rb in rb_nodes]
 
@@ -567,12 +595,23 @@ def read_model(target: Target) -> Model:
     memory, reserved = read_memblock(target, facts, unreadable)
     blocks = read_memory_blocks(target, facts, unreadable)
     nodes = read_nodes(target, facts, unreadable)
-    kernfs = KernfsReader(target, kernfs_layout(target), facts.page_size)
+    kernfs = KernfsReader(target, kernfs_layout(target), facts.page_size,
+                          kernfs_children_limit(facts))
     links = read_links(kernfs, nodes, blocks, unreadable)
     page_nids = read_page_nids(target, facts, sections, blocks, unreadable)
     return Model(kernel=facts, sections=sections, memblock_memory=memory,
                  memblock_reserved=reserved, blocks=blocks, nodes=nodes, links=links,
                  page_nids=page_nids, unreadable=unreadable)
+
+
+# CONFIG_NR_CPUS can be at most 8192 (x86 MAXSMP; arm64 allows 4096).
+MAX_NR_CPUS = 8192
+
+
+def kernfs_children_limit(facts: KernelFacts) -> int:
+    """The most children a node or memory block directory can have: a
+    memoryM link per block, a cpuN link per CPU and a few attributes."""
+    return max_memory_blocks(facts) + MAX_NR_CPUS + 64
 
 
 def mem_section_roots(target: Target) -> int:
@@ -724,7 +763,7 @@ def block_layout(target: Target) -> BlockLayout:
         zone_name=target.offsetof("struct zone", "name"))
 
 
-def memory_bus_devices(target: Target) -> List[int]:
+def memory_bus_devices(target: Target, limit: int = 1 << 22) -> List[int]:
     """``struct device *`` of every device on the memory bus, in bus order.
 
     The bus's ``subsys_private`` is ``memory_subsys.p`` before v6.3 and is
@@ -734,7 +773,8 @@ def memory_bus_devices(target: Target) -> List[int]:
     knode = _offset(target, "struct device_private", "knode_bus.n_node")
     device = _offset(target, "struct device_private", "device")
     subsys = _memory_subsys_private(target)
-    return [read_word(target, node - knode + device) for node in walk_list(target, subsys + klist)]
+    return [read_word(target, node - knode + device)
+            for node in walk_list(target, subsys + klist, limit)]
 
 
 def _memory_subsys_private(target: Target) -> int:
@@ -751,14 +791,14 @@ def _memory_subsys_private(target: Target) -> int:
     raise ReadError(bus, 0, "memory_subsys is not registered on bus_kset")
 
 
-def memory_blocks_xarray(target: Target) -> Optional[Dict[int, int]]:
+def memory_blocks_xarray(target: Target, max_id: int = 1 << 32) -> Optional[Dict[int, int]]:
     """block id -> ``struct memory_block *`` from the ``memory_blocks`` xarray
     (v5.8, 4fb6eabf1037); None on older kernels."""
     xarray = target.symbol("memory_blocks")
     if xarray is None:
         return None
     head = read_word(target, xarray + _offset(target, "struct xarray", "xa_head"))
-    return walk_xarray(target, head, _offset(target, "struct xa_node", "slots"))
+    return walk_xarray(target, head, _offset(target, "struct xa_node", "slots"), max_id)
 
 
 def read_memory_blocks(target: Target, facts: KernelFacts,
@@ -766,12 +806,12 @@ def read_memory_blocks(target: Target, facts: KernelFacts,
     """Memory blocks from the memory bus, cross-checked with the xarray."""
     layout = block_layout(target)
     try:
-        on_bus = [dev - layout.dev for dev in memory_bus_devices(target)]
+        on_bus = [dev - layout.dev for dev in memory_bus_devices(target, max_memory_blocks(facts))]
     except ReadError as error:
         unreadable.append(Unreadable("memory bus device list", error.reason, error.address))
         on_bus = []
     try:
-        in_xarray = memory_blocks_xarray(target)
+        in_xarray = memory_blocks_xarray(target, max_memory_blocks(facts))
     except ReadError as error:
         unreadable.append(Unreadable("memory_blocks xarray", error.reason, error.address))
         in_xarray = None
@@ -789,6 +829,18 @@ def read_memory_blocks(target: Target, facts: KernelFacts,
             in_bus=address in on_bus,
             in_xarray=None if xarray_addresses is None else address in xarray_addresses))
     return sorted(blocks, key=lambda b: (b.id, b.address))
+
+
+def max_memory_blocks(facts: KernelFacts) -> int:
+    """How many memory blocks the kernel can have: NR_MEM_SECTIONS over the
+    sections per block, the bound of every walk over blocks.
+
+    >>> f = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27, 1024,
+    ...                 True, True, False)
+    >>> max_memory_blocks(f)
+    524288
+    """
+    return -(-facts.nr_mem_sections // max(1, facts.sections_per_block))
 
 
 def _zone_name(target: Target, data: bytes, layout: BlockLayout, facts: KernelFacts) -> Optional[str]:
