@@ -112,7 +112,7 @@ def _active_subsections(kernel: KernelFacts, nonearly: List[Section]) -> RangeSe
     section_shift = kernel.pfn_section_shift
     sub_shift = kernel.subsection_shift - kernel.page_shift
     # Bits past SUBSECTIONS_PER_SECTION would be garbage from a bad read.
-    mask = (1 << (section_shift - sub_shift)) - 1
+    mask = (1 << (1 << (section_shift - sub_shift))) - 1
     pieces: List[Tuple[int, int]] = []
     for section in nonearly:
         if section.subsection_map is None:
