@@ -660,7 +660,7 @@ def explain(model: Model, pfn: int) -> Dict[str, Any]:
         "pfn": pfn,
         "phys": pfn << kernel.page_shift,
         "section": _explain_section(kernel, ctx.sections.get(section_nr), section_nr, pfn),
-        "pfn_valid": _explain_pfn_valid(sets, pfn),
+        "pfn_valid": _explain_pfn_valid(kernel, sets, pfn),
         "pfn_is_map_memory": (None if sets.pfn_is_map_memory is None
                               else pfn in sets.pfn_is_map_memory),
         "struct_page_initialised": pfn in sets.memmap,
@@ -690,9 +690,11 @@ def _explain_section(kernel: KernelFacts, section: Optional[Section], nr: int,
     return facts
 
 
-def _explain_pfn_valid(sets: PfnSets, pfn: int) -> Dict[str, Any]:
+def _explain_pfn_valid(kernel: KernelFacts, sets: PfnSets, pfn: int) -> Dict[str, Any]:
+    inlines = kernel.arch_pfn_valid_inlines
     return {"value": None if sets.pfn_valid is None else pfn in sets.pfn_valid,
             "rule": sets.rule.name, "source": sets.rule.source,
+            "arch_pfn_valid_inlines": None if inlines is None else list(inlines),
             "valid_section": pfn in sets.valid,
             "early_section": pfn in sets.early,
             "subsection_active": pfn in sets.active if pfn in sets.nonearly else None}

@@ -378,7 +378,7 @@ def render_explain(explained: Dict[str, Any], prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-_HEX_KEYS = {"pfn", "phys", "address", "section_mem_map", "usage", "subsection_map", "base",
+_HEX_KEYS = {"pfn", "phys", "address", "flags", "section_mem_map", "usage", "subsection_map", "base",
              "size", "kn", "target", "phys_start", "phys_end", "block_address",
              "start_pfn", "end_pfn", "block_start_pfn", "block_end_pfn"}
 
