@@ -12,6 +12,7 @@ JSON output escapes everything outside printable ASCII.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -150,20 +151,9 @@ def exit_status(findings: Iterable[Finding]) -> int:
 # ------------------------------------------------------------------ JSON
 
 def kernel_dict(kernel: KernelFacts) -> Dict[str, Any]:
-    """KernelFacts as JSON-ready fields (tuples become lists)."""
-    out = {
-        "arch": kernel.arch, "release": kernel.release, "version": list(kernel.version),
-        "page_size": kernel.page_size, "section_size_bits": kernel.section_size_bits,
-        "max_physmem_bits": kernel.max_physmem_bits, "nr_mem_sections": kernel.nr_mem_sections,
-        "subsection_shift": kernel.subsection_shift,
-        "memory_block_size": kernel.memory_block_size, "max_numnodes": kernel.max_numnodes,
-        "sparsemem_extreme": kernel.sparsemem_extreme,
-        "sparsemem_vmemmap": kernel.sparsemem_vmemmap,
-        "keeps_memblock": kernel.keeps_memblock, "kaslr_offset": kernel.kaslr_offset,
-        "arch_pfn_valid_inlines": (None if kernel.arch_pfn_valid_inlines is None
-                                   else list(kernel.arch_pfn_valid_inlines)),
-        "config": dict(kernel.config),
-    }
+    """Every KernelFacts field (new optional ones included, tuples become
+    JSON arrays), plus the name of the pfn_valid() model chosen for it."""
+    out = dataclasses.asdict(kernel)
     out["pfn_valid_rule"] = kernels.rule_for(kernel).name
     return out
 
