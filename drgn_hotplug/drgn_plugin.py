@@ -2,8 +2,8 @@
 point (importing this module registers it).
 
     $ drgn -c vmcore.kdump -s vmlinux
-    >>> memhp check
-    >>> memhp explain 0x40000000 --json
+    >>> %memhp check                             # drgn 0.3.0 prompts take commands after "%"
+    >>> %memhp explain 0x40000000 --json
     >>> run_command(prog, "memhp links")        # from a script; returns the exit status
 
 The sub-commands and their output are those of ``drgn-hotplug``.
