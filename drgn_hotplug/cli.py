@@ -128,8 +128,42 @@ def open_program(core: Optional[str] = None, qemu: Optional[str] = None,
         # so anything raised while opening means "cannot open".
         where = core or qemu or "/proc/kcore"
         raise Unanalysable(f"cannot open {where}: {_first_line(error)}") from error
+    check_kernel_target(prog, core or qemu or "/proc/kcore", symbols)
     _load_kernel_debug_info(prog, symbols)
     return prog
+
+
+# The architectures the model and layout.py decode (64-bit little-endian).
+_SUPPORTED_ARCHES = {"X86_64": "x86_64", "AARCH64": "aarch64"}
+
+
+def check_kernel_target(prog, where: str, symbols: Sequence[str]) -> None:
+    """Refuse, before any structure is read, a target that is not a Linux
+    kernel (no VMCOREINFO), an unsupported architecture, or a ``-s`` vmlinux
+    that is another kernel than the dump's (release, build id, machine)."""
+    import drgn
+
+    from . import pairing
+
+    if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
+        raise Unanalysable(f"{where} has no VMCOREINFO: not a Linux kernel dump")
+    arch = prog.platform.arch.name if prog.platform else "unknown"
+    if arch not in _SUPPORTED_ARCHES:
+        raise Unanalysable(f"unsupported architecture {arch}: drgn-hotplug reads x86_64 and aarch64")
+    try:
+        info = pairing.vmcoreinfo_fields(prog["VMCOREINFO"].string_().decode("ascii", "replace"))
+    except (LookupError, drgn.FaultError):
+        return
+    for path in symbols:
+        try:
+            identity = pairing.vmlinux_identity(path)
+        except (OSError, pairing.NotAnElf) as error:
+            raise Unanalysable(f"cannot use {path} as debug info: {_first_line(error)}") from error
+        if identity.release is None:
+            continue  # a module or a separate debug file: drgn matches those itself
+        reason = pairing.mismatch(info, _SUPPORTED_ARCHES[arch], identity)
+        if reason:
+            raise Unanalysable(f"wrong vmlinux: {reason}")
 
 
 def _load_kernel_debug_info(prog, symbols: Sequence[str]) -> None:
