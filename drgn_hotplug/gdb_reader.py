@@ -13,8 +13,9 @@ Memory is only ever read (``Inferior.read_memory``), whole arrays at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import gdb  # type: ignore[import-not-found]
 
@@ -121,9 +122,50 @@ def _find_field(kind: "gdb.Type", name: str):
     return None
 
 
-def read_model(inferior: Optional["gdb.Inferior"] = None) -> Model:
+def read_model(target: Optional[GdbTarget] = None) -> Model:
     """The Model of the kernel gdb is looking at (a vmcore or a live gdbstub)."""
-    return layout.read_model(GdbTarget(inferior))
+    model = layout.read_model(target or GdbTarget())
+    model.kernel = dataclasses.replace(model.kernel,
+                                       arch_pfn_valid_inlines=arch_pfn_valid_inlines())
+    return model
+
+
+def arch_pfn_valid_inlines() -> Optional[Tuple[str, ...]]:
+    """Names of the functions inlined into the kernel's own global ``pfn_valid``
+    function (innermost first at each instruction, first seen first), None when
+    it has none: the evidence kernels.pfn_valid_rule() wants.
+
+    arm64 exported its own pfn_valid() until v5.16 (3de360c3fdb3); 5.10 stable
+    kernels carry pfn_section_valid() from v5.12's eeb0753ba27b. A static
+    out-of-line copy of the generic inline is not global and does not count.
+    """
+    symbol = gdb.lookup_global_symbol("pfn_valid")
+    if symbol is None or not symbol.is_function:
+        return None
+    start = int(symbol.value().address)
+    function_block = gdb.block_for_pc(start)
+    while function_block is not None and function_block.function is None:
+        function_block = function_block.superblock
+    if function_block is None:
+        return None
+    # Every instruction of the function; arm64 instructions are 4 bytes.
+    step = 4 if gdb.selected_inferior().architecture().name() == "aarch64" else 1
+    names: List[str] = []
+    for pc in range(function_block.start, function_block.end, step):
+        for name in _inline_chain(gdb.block_for_pc(pc)):
+            if name != "pfn_valid" and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def _inline_chain(block) -> List[str]:
+    """Function names from the innermost (inlined) block at a pc out to its function."""
+    names = []
+    while block is not None and not block.is_global and not block.is_static:
+        if block.function is not None:
+            names.append(block.function.name)
+        block = block.superblock
+    return names
 
 
 # ---------------------------------------------------------------- KASLR

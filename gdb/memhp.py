@@ -45,7 +45,7 @@ def read_model():
         raise gdb.GdbError("memhp: the symbols do not match the target's memory (KASLR?): "
                            "`memhp kaslr` finds the offset for `symbol-file -o`")
     try:
-        return layout.read_model(target)
+        return gdb_reader.read_model(target)
     except layout.ReadError as error:
         raise gdb.GdbError(f"memhp: cannot analyse this kernel: {error}") from None
 
