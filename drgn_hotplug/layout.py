@@ -15,6 +15,7 @@ Targets are 64-bit little-endian (x86_64, aarch64), as the model assumes.
 
 from __future__ import annotations
 
+import bisect
 import re
 import struct
 from dataclasses import dataclass
@@ -212,12 +213,18 @@ def _subsection_maps(target: Target, usages: Sequence[int], layout: SectionLayou
     maps: Dict[int, int] = {}
     spans = coalesce([u + layout.subsection_map_offset for u in usages], size)
     wanted = {u + layout.subsection_map_offset: u for u in usages}
+    # Spans and addresses are both sorted: each span takes the next run of
+    # addresses (a scan of every address per span is quadratic at 512K sections).
+    addresses = sorted(wanted)
+    first = 0
     for start, length in spans:
         try:
             data = target.read(start, length)
         except ReadError:
             data = None
-        for address in sorted(a for a in wanted if start <= a < start + length):
+        last = bisect.bisect_left(addresses, start + length, first)
+        inside, first = addresses[first:last], last
+        for address in inside:
             if data is not None:
                 maps[wanted[address]] = uint_at(data, address - start, size)
             else:
@@ -818,6 +825,7 @@ def read_memory_blocks(target: Target, facts: KernelFacts,
     xarray_addresses = set(in_xarray.values()) if in_xarray is not None else None
     states = target.enumerators("enum memory_block_state")
     blocks = []
+    bus_set = set(on_bus)  # a list lookup per block is quadratic at 32K blocks
     for address in dict.fromkeys(on_bus + sorted(xarray_addresses or ())):
         try:
             data = target.read(address, layout.sizeof_block)
@@ -826,7 +834,7 @@ def read_memory_blocks(target: Target, facts: KernelFacts,
             continue
         blocks.append(decode_memory_block(
             data, address, layout, states, _zone_name(target, data, layout, facts),
-            in_bus=address in on_bus,
+            in_bus=address in bus_set,
             in_xarray=None if xarray_addresses is None else address in xarray_addresses))
     return sorted(blocks, key=lambda b: (b.id, b.address))
 
