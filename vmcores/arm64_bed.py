@@ -24,7 +24,8 @@ from .packages import Kernel, cache_root, fetch_busybox
 
 
 def cmdline() -> str:
-    return aarch64.kernel_cmdline()
+    """The arm64 command line; hot-added memory stays offline until the scenario onlines it."""
+    return f"{aarch64.kernel_cmdline()} memhp_default_state=offline"
 
 
 def qemu_srat(k: Kernel) -> bytes:

@@ -169,7 +169,8 @@ def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
         truth = g.truth()
         g.dump(work / "raw.elf")
         (work / "console.log").write_text(g.console_text)
-        argv, kaslr_offset, dump_seconds = g.argv, g.kaslr_offset, g.dump_seconds
+        argv, kaslr_offset = g.argv, g.kaslr_offset
+        seconds = {"boot": g.boot_seconds, "scenario": g.scenario_seconds, "dump": g.dump_seconds}
     (work / "truth.json").write_text(json.dumps(truth, indent=1))
     meta = {
         "arch": k.arch, "kernel": k.series, "abi": k.abi, "package_version": k.version,
@@ -177,10 +178,12 @@ def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
         "initrd": str(final / "initrd"),
         "qemu_argv": argv, "cmdline": spec.cmdline, "kaslr_offset": kaslr_offset,
         "scenario": scenario, "scenario_hash": bed_hash(k.arch), "qemu_version": qemu_version(k.arch),
-        "dump_seconds": round(dump_seconds, 2),
     }
+    convert_start = time.monotonic()
     meta.update(convert_dumps(work / "raw.elf", work, k))
-    meta["build_seconds"] = round(time.monotonic() - started, 1)
+    seconds["convert"] = time.monotonic() - convert_start
+    seconds["total"] = time.monotonic() - started
+    meta["seconds"] = {phase: round(s, 1) for phase, s in seconds.items()}
     (work / "cell.json").write_text(json.dumps(meta, indent=1))
 
 

@@ -122,6 +122,7 @@ class Guest:
 
     def boot(self) -> None:
         """Start QEMU and wait for the initramfs command server."""
+        start = time.monotonic()
         self.gdb_port = free_tcp_port()
         self.argv = qemu_argv(self.spec, self.run_dir, self.gdb_port)
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -131,6 +132,7 @@ class Guest:
         self.shell.wait_for(rf"^{READY}$", BOOT_TIMEOUT_S[self.spec.arch])
         if "@@INSMOD-FAILED" in self.shell.text:
             raise ChannelError("a module failed to load: " + self.shell.text[-500:])
+        self.boot_seconds = time.monotonic() - start
 
     def stop(self) -> None:
         """Kill QEMU (only ours, by its process handle)."""
