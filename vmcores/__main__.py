@@ -21,7 +21,7 @@ from .qmp import ChannelError
 def cell_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", required=True, choices=["x86_64", "arm64"])
     parser.add_argument("--kernel", required=True, choices=["5.10", "6.1", "6.12"])
-    parser.add_argument("--scenario", required=True, choices=["boot", "hotplug", "orphan", "pmem"])
+    parser.add_argument("--scenario", required=True, choices=["boot", "hotplug", "orphan", "pmem", "discard"])
 
 
 def build(args) -> int:

@@ -174,6 +174,21 @@ def newest_cell(arch: str, kernel: str, scenario: str) -> Optional[Cell]:
     return Cell(max(built, key=lambda d: (d / "cell.json").stat().st_mtime)) if built else None
 
 
+def pin_source(source: Source, scratch: Path) -> Source:
+    """The source with its dumps hard-linked into ``scratch``, so a cell the
+    bed deletes or rebuilds during a run stays readable until the end."""
+    def pin(path: Optional[str]) -> Optional[str]:
+        if path is None:
+            return None
+        pinned = scratch / f"{source.name}-{Path(path).name}"
+        try:
+            os.link(path, pinned)
+        except OSError:
+            shutil.copyfile(path, pinned)
+        return str(pinned)
+    return dataclasses.replace(source, kdump=pin(source.kdump), filtered=pin(source.filtered))
+
+
 def available_sources() -> List[Source]:
     sources = []
     for arch, kernel, scenario in SOURCE_CELLS:
@@ -572,7 +587,8 @@ def generate(seed: int, total: int, scratch: Path) -> List[Case]:
     shared out over the sources, numbered from 1."""
     from drgn_hotplug import cli
 
-    sources = available_sources()
+    scratch.mkdir(parents=True, exist_ok=True)
+    sources = [pin_source(s, scratch) for s in available_sources()]
     if not sources:
         raise ValueError("no test-bed dumps: build a cell first (python -m vmcores build ...)")
     kernels = sorted((cache_root() / "kernels").glob("*/vmlinux"))

@@ -8,6 +8,8 @@
   leaves dangling ``nodeN/memoryM`` links, as the 2019 arm64 bug did.
 - ``pmem`` (x86_64): a ``memmap=`` pmem range set up as fsdax with its memmap
   in RAM, i.e. a ZONE_DEVICE section without memory block.
+- ``discard`` (x86_64): enough ``memmap=`` holes that memblock.memory outgrows
+  its static array at boot; after boot its regions array has been freed.
 
 Example:
     >>> with LiveGuest(spec, kernel_meta, "orphan") as g:         # doctest: +SKIP
@@ -192,6 +194,15 @@ def pmem_steps(g: LiveGuest) -> None:
              namespace="namespace0.0")
 
 
+# ``discard`` (x86_64): 130 one-page e820 holes punched into node 0's RAM
+# split memblock.memory into more regions than its static array holds
+# (INIT_MEMBLOCK_REGIONS, 128), so memblock_double_array() moves it to an
+# allocated array that memblock_discard() frees after boot (v4.13,
+# 3010f876500f): memblock.memory.regions then points at freed memory. One
+# memmap= with a comma list keeps the command line under x86's 2048 bytes.
+DISCARD_HOLES_MIB = range(257, 387)
+DISCARD_CMDLINE = "memmap=" + ",".join(f"4K${mib}M" for mib in DISCARD_HOLES_MIB)
+
 SCENARIOS = {
     s.name: s
     for s in (
@@ -200,5 +211,6 @@ SCENARIOS = {
         Scenario("orphan", ("x86_64",), orphan_steps),
         Scenario("pmem", ("x86_64",), pmem_steps, cmdline=f"memmap={PMEM_SIZE:#x}!{PMEM_START:#x}",
                  modules=["nd_e820", "nd_pmem"]),
+        Scenario("discard", ("x86_64",), lambda g: None, cmdline=DISCARD_CMDLINE),
     )
 }
