@@ -512,6 +512,8 @@ def check_orphaned_links(ctx: _Context, links: _Links) -> List[Finding]:
 
 
 def _orphan_reason(ctx: _Context, link: NodeLink) -> Optional[str]:
+    if link.target_dead_reasons == ("unreadable",):
+        return None  # target not in the dump: listed as unreadable, liveness unknown
     if not link.target_live:
         dead = ", ".join(link.target_dead_reasons) or "not live"
         return f"target {link.target_name or 'kernfs node'} removed ({dead})"
@@ -544,15 +546,26 @@ def check_wrong_node_links(ctx: _Context, links: _Links) -> List[Finding]:
 def check_missing_links(ctx: _Context, links: _Links) -> List[Finding]:
     """Online blocks without a live link to (and from) each node they are on."""
     findings = []
+    unread = _unread_directories(ctx.model)
     for block in ctx.model.blocks:
         if block.state != "online":
             continue
         nodes = sorted(links.block_nodes.get(block.id, {})) or [NUMA_NO_NODE]
         for nid in nodes:
-            missing = _missing_directions(links, nid, block.id)
+            directory = {NODE_TO_BLOCK: ctx.nodes[nid].kn_address if nid in ctx.nodes else None,
+                         BLOCK_TO_NODE: block.kn_address}
+            missing = [d for d in _missing_directions(links, nid, block.id)
+                       if directory[d] not in unread]
             if missing:
                 findings.append(_missing_link_finding(ctx, links, block, nid, missing))
     return findings
+
+
+def _unread_directories(model: Model) -> set:
+    """kn addresses of the directories whose listing the reader could not
+    read whole (filed as unreadable under the directory's address): a link
+    absent from them may just be unread."""
+    return {u.address for u in model.unreadable if u.address is not None}
 
 
 def _missing_directions(links: _Links, nid: int, block_id: int) -> List[str]:

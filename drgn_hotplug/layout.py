@@ -508,12 +508,15 @@ LINK_NAMES = {"node-to-block": re.compile(r"memory(\d+)"), "block-to-node": re.c
 
 def link_from_kernfs(direction: str, owner_number: int, kn: KernfsNode, name: str,
                      kernfs: KernfsReader, blocks_by_kn: Dict[int, int],
-                     nodes_by_kn: Dict[int, int]) -> Optional[NodeLink]:
+                     nodes_by_kn: Dict[int, int],
+                     unreadable: Optional[List[Unreadable]] = None) -> Optional[NodeLink]:
     """A NodeLink for a kernfs link named memoryM (in nodeN) or nodeN (in memoryM).
 
     Other children (attributes, cpu links, 6.12's memory_failure directory)
     give None. The target resolves to a block or node only through the kn
-    address of a live device, never through its name.
+    address of a live device, never through its name. A target that cannot
+    be read (a filtered dump drops slab pages) is listed in ``unreadable``
+    and its liveness left unknown: "unreadable" is then its only reason.
     """
     match = LINK_NAMES[direction].fullmatch(name)
     if not match or not kernfs.is_link(kn):
@@ -527,8 +530,11 @@ def link_from_kernfs(direction: str, owner_number: int, kn: KernfsNode, name: st
             target_name = kernfs.name(target)
             reasons = kernfs_dead_reasons(target, kernfs.in_parent(target), kernfs.layout)
             live = not reasons
-        except ReadError:
-            pass
+        except ReadError as error:
+            if unreadable is not None:
+                unreadable.append(Unreadable(f"target of the {name} link of "
+                                             f"{direction.split('-')[0]}{owner_number}",
+                                             error.reason, kn.target_kn))
     return NodeLink(direction=direction, node=node, block=block, name=name,
                     kn_address=kn.address, target_address=kn.target_kn or None,
                     target_name=target_name, target_live=live, target_dead_reasons=reasons,
@@ -555,9 +561,14 @@ def read_links(kernfs: KernfsReader, nodes: Sequence[Node], blocks: Sequence[Mem
             try:
                 name = kernfs.name(kn)
             except ReadError as error:
-                unreadable.append(Unreadable("kernfs name", error.reason, kn.name_address))
+                # The directory's listing is incomplete: filed under its kn, so
+                # the checks know not to conclude a link is missing there.
+                unreadable.append(Unreadable(f"kernfs name of a child of "
+                                             f"{direction.split('-')[0]}{number}",
+                                             error.reason, directory))
                 continue
-            link = link_from_kernfs(direction, number, kn, name, kernfs, blocks_by_kn, nodes_by_kn)
+            link = link_from_kernfs(direction, number, kn, name, kernfs, blocks_by_kn,
+                                    nodes_by_kn, unreadable)
             if link:
                 links.append(link)
     return sorted(links, key=lambda l: (l.direction, l.node, l.block, l.kn_address))
