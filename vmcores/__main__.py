@@ -5,6 +5,7 @@
     python -m vmcores list
     python -m vmcores start --arch x86_64 --kernel 6.1 --scenario orphan   # live until Ctrl-C
     python -m vmcores corpus --seed 1 --cases 1000   # broken-input corpus, markdown result table
+    python -m vmcores grow --sections 512k            # a 64 TB grown dump (last line: its directory)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import sys
 import time
 
+from . import grow
 from .cells import bed_hash, build_cell, cells_dir, matrix, start_live
 from .packages import PackageError
 from .qmp import ChannelError
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--only", metavar="IDS", help="comma-separated case numbers to rerun")
     p.set_defaults(func=corpus)
+    grow.add_command(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

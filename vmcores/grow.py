@@ -90,7 +90,7 @@ class Plan:
 
     >>> p = make_plan(1024, seed=1)
     >>> p.nodes, len(p.blocks), p.kind[16]
-    (2, 61, 'early')
+    (2, 55, 'early')
     """
 
     n_sections: int
@@ -106,9 +106,12 @@ class Plan:
     missing: List[Tuple[int, int, Tuple[str, ...]]] = field(default_factory=list)
     wrong: List[Tuple[int, int]] = field(default_factory=list)  # (wrong node, block)
     holes: List[int] = field(default_factory=list)              # absent blocks
+    original: Dict[int, int] = field(default_factory=dict)      # the source's sections -> nid
 
 
-ORIGINAL_SECTIONS = {nr: (0 if nr < 4 else 1) for nr in range(8)}
+# The x86_64 boot cell: 1 GiB on two nodes (QEMU -numa, 512 MiB each).
+BOOT_CELL_SECTIONS = {nr: (0 if nr < 4 else 1) for nr in range(8)}
+BOOT_CELL_MEMBLOCK = ((1, 0x9f, 0), (0x100, 0x20000, 0), (0x20000, 0x3ffe0, 1))
 PAGES_PER_SECTION = 1 << 15
 SUBSECTIONS = 64
 FULL_MAP = (1 << SUBSECTIONS) - 1
@@ -123,15 +126,18 @@ def nodes_for(n_sections: int) -> int:
     return 2 if n_sections <= 1024 else 4 if n_sections <= 16384 else 8
 
 
-def make_plan(n_sections: int, seed: int, original_memblock=((1, 0x9f, 0), (0x100, 0x20000, 0),
-                                                             (0x20000, 0x3ffe0, 1))) -> Plan:
-    """The machine for ``n_sections`` (a multiple of 1024), reproducible from ``seed``."""
+def make_plan(n_sections: int, seed: int,
+              original_sections: Optional[Dict[int, int]] = None,
+              original_memblock: Sequence[Tuple[int, int, int]] = BOOT_CELL_MEMBLOCK) -> Plan:
+    """The machine for ``n_sections`` (a multiple of 1024), reproducible from
+    ``seed``, around the source's sections ({nr: nid}) and memblock regions."""
     if n_sections % 1024 or not 1024 <= n_sections <= 1 << 19:
         raise GrowError(f"--sections must be a multiple of 1024 between 1024 and 524288, "
                         f"not {n_sections}")
     rng = random.Random(seed)
     plan = Plan(n_sections, nodes_for(n_sections), seed)
-    for nr, nid in ORIGINAL_SECTIONS.items():
+    plan.original = dict(original_sections or BOOT_CELL_SECTIONS)
+    for nr, nid in plan.original.items():
         plan.kind[nr], plan.node[nr] = EARLY, nid
     plan.blocks[0] = (0, 1)
     plan.memblock = list(original_memblock)
@@ -543,6 +549,7 @@ class Grower:
         self.build_node_links()
         self.build_scalars()
         self.map_direct()
+        self.sync_pgds()
 
     # -- sections
     def section_flags(self, kind: str) -> int:
@@ -577,7 +584,7 @@ class Grower:
             if root_nr not in roots:
                 roots[root_nr] = self.region.reserve(4096, 4096)
             at = roots[root_nr] + (nr % per_root) * sizeof_section
-            if nr in ORIGINAL_SECTIONS:
+            if nr in plan.original:
                 self.region.put(at, k.read(old_root0 + nr * sizeof_section, sizeof_section))
                 continue
             usage = usages[nr]
@@ -596,7 +603,7 @@ class Grower:
         usages = {}
         by_node: Dict[int, List[int]] = {}
         for nr, kind in sorted(self.plan.kind.items()):
-            if nr in ORIGINAL_SECTIONS:
+            if nr in self.plan.original:
                 continue
             if kind == EARLY:
                 by_node.setdefault(self.plan.node[nr], []).append(nr)
@@ -700,6 +707,23 @@ class Grower:
                        pmd | self.table_flags)
         for i in range(-(-len(self.region.data) // PMD_SIZE)):
             self.set_entry(pmd, i, NEW_BASE + i * PMD_SIZE | self.direct_leaf)
+
+    def sync_pgds(self) -> None:
+        """Copy the kernel-half PGD entries added to init_top_pgt into every
+        process PGD on pgd_list, as sync_global_pgds() does: a dump is read
+        through the page tables of the CR3 it was taken with."""
+        from drgn.helpers.linux.list import list_for_each_entry
+        k = self.k
+        init = k.phys(k.init_top_pgt)
+        added = [(i, self.entry(init, i)) for i in range(256, 512)
+                 if self.entry(init, i) and not int.from_bytes(
+                     k.prog.read(init + 8 * i, 8, True), "little")]
+        sizeof_page = k.sizeof("struct page")
+        for page in list_for_each_entry("struct page", k.prog["pgd_list"].address_of_(), "lru"):
+            pgd = (page.value_() - k.vmemmap) // sizeof_page << 12
+            for index, entry in added:
+                if not self.entry(pgd, index):
+                    self.set_entry(pgd, index, entry)
 
     def _pud_slot(self, vaddr: int) -> Tuple[int, int]:
         pgd = self.k.phys(self.k.init_top_pgt)
@@ -1179,8 +1203,7 @@ def build(cell_dir: Path, n_sections: int, seed: int, out: Path) -> dict:
     if sorted(sections) != list(range(8)):
         raise GrowError(f"the source must have sections 0-7 present (a 1 GiB guest), not "
                         f"{sorted(sections)}")
-    ORIGINAL_SECTIONS.update(sections)
-    plan = make_plan(n_sections, seed, memblock)
+    plan = make_plan(n_sections, seed, sections, memblock)
     grower = Grower(kernel, plan)
     grower.build()
     phys = out / "grown-phys.elf"
@@ -1208,3 +1231,38 @@ def build(cell_dir: Path, n_sections: int, seed: int, out: Path) -> dict:
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+# ---------------------------------------------------------------- command line
+
+def add_command(sub) -> None:
+    """``python -m vmcores grow --sections N|1k|16k|128k|512k [--seed S] [--cell DIR]``."""
+    p = sub.add_parser("grow", help="grow the x86_64 6.1 boot dump into a large machine")
+    p.add_argument("--sections", required=True, help="1024..524288 (multiple of 1024) or "
+                   + ", ".join(SIZES))
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--cell", type=Path, help="source cell directory (default: x86_64 6.1 boot)")
+    p.set_defaults(func=grow_command)
+
+
+def grow_command(args) -> int:
+    import sys
+    import time
+    started = time.monotonic()
+    try:
+        n_sections = SIZES.get(args.sections.lower()) or int(args.sections)
+        make_plan(n_sections, args.seed)   # a bad size fails before any build
+        if args.cell is None:
+            from .cells import build_cell
+            args.cell = build_cell("x86_64", "6.1", "boot").dir
+        out = grow(args.cell, n_sections, args.seed)
+    except (GrowError, OSError) as error:
+        print(f"vmcores grow: {error}", file=sys.stderr)
+        return 2
+    except ValueError:
+        print(f"vmcores grow: --sections must be a number or one of {', '.join(SIZES)}",
+              file=sys.stderr)
+        return 2
+    print(f"grown in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    print(out)
+    return 0
