@@ -457,14 +457,17 @@ def _block_nodes(ctx: _Context) -> Dict[int, Dict[int, List[str]]]:
         if _valid_nid(block.nid, kernel):
             nodes[block.id][block.nid].append("memory_block.nid")
     if ctx.model.memblock_memory.available:
+        # Only the blocks that exist: a corrupt region size (2^64 - 1) spans
+        # more block ids than could ever be counted one by one.
+        block_ids = sorted(ctx.blocks)
         for region in ctx.model.memblock_memory.regions:
             if not _valid_nid(region.nid, kernel) or region.size <= 0:
                 continue
             first = (region.base >> kernel.page_shift) // kernel.pages_per_block
             last = ((region.end - 1) >> kernel.page_shift) // kernel.pages_per_block
-            for block_id in range(first, last + 1):
-                if block_id in ctx.blocks:
-                    nodes[block_id][region.nid].append("memblock.memory region nid")
+            for block_id in block_ids[bisect.bisect_left(block_ids, first):
+                                      bisect.bisect_right(block_ids, last)]:
+                nodes[block_id][region.nid].append("memblock.memory region nid")
     trusted = _pages_with_meaningful_nid(ctx.sets)
     for pfn, nid in ctx.model.page_nids.items():
         block_id = pfn // kernel.pages_per_block
