@@ -1,9 +1,10 @@
 """vmcores.dumpfmt on real dumps: what drgn and gdb read through the converted
 files must be what drgn reads through QEMU's own ELF dump of the same guest.
 
-Each arch boots its 6.1 ``boot`` cell live once, takes a fresh physical ELF
-dump over QMP and converts it; the cell's own dumps cannot serve, the bed
-deletes their raw ELF.
+Each arch boots its 6.1 ``hotplug`` cell live once (so the dump holds a
+hot-added DIMM above the boot RAM and its ZONE_MOVABLE struct pages), takes a
+fresh physical ELF dump over QMP and converts it; the cell's own dumps cannot
+serve, the bed deletes their raw ELF.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def live(test):
 
 @pytest.fixture(scope="module", params=["x86_64", "arm64"])
 def dumps(request, tmp_path_factory) -> Dumps:
-    cell = vmcores.build_cell(request.param, "6.1", "boot")
+    cell = vmcores.build_cell(request.param, "6.1", "hotplug")
     out = tmp_path_factory.mktemp(f"dumpfmt-{request.param}")
     with vmcores.start_live(cell) as guest:
         guest.dump(out / "raw.elf")
