@@ -47,11 +47,12 @@ def parse_location(text: str, page_shift: int) -> int:
     (262144, 262144)
     """
     try:
-        if text.lower().startswith("0x"):
-            return int(text, 16) >> page_shift
-        return int(text, 10)
+        pfn = int(text, 16) >> page_shift if text.lower().startswith("0x") else int(text, 10)
     except ValueError:
-        raise Unanalysable(f"not a pfn or 0x address: {text!r}") from None
+        pfn = -1
+    if not 0 <= pfn < 1 << (64 - page_shift):
+        raise Unanalysable(f"not a pfn or 0x address: {text!r}")
+    return pfn
 
 
 def render_command(model: Model, command: str, location: Optional[str] = None,

@@ -263,9 +263,23 @@ def test_live_qemu_matches_the_dump_and_sees_a_hot_add():
         assert live.returncode == 1, live.stderr
         assert finding_keys(json.loads(live.stdout)["findings"]) == \
             finding_keys(from_dump["findings"])
+        # One attached Program, read again after each guest change: nothing cached.
         prog = cli.open_program(qemu=socket, symbols=[str(c.vmlinux)])
         before = {b.id for b in read_model(prog).blocks}
         added = guest.hot_add(0, 256)
-        after = {b.id: b for b in read_model(prog).blocks}
-        assert set(after) - before == set(added["blocks"])
-        assert all(after[block].state == "offline" for block in added["blocks"])
+        after = read_model(prog)
+        blocks = {b.id: b for b in after.blocks}
+        assert set(blocks) - before == set(added["blocks"])
+        assert all(blocks[block].state == "offline" for block in added["blocks"])
+        # Hot-add registers the new blocks under their node at once (both directions).
+        live_links = {(l.direction, l.node, l.block) for l in after.links if l.target_live}
+        for block in added["blocks"]:
+            assert ("node-to-block", 0, block) in live_links
+            assert ("block-to-node", 0, block) in live_links
+        for block in added["blocks"]:
+            guest.online(block, "online_movable")
+        online = read_model(prog)
+        assert {b.id: b.zone for b in online.blocks if b.id in added["blocks"]} == \
+            {block: "Movable" for block in added["blocks"]}
+        assert finding_keys(f.to_dict() for f in serious(checks.run_checks(online))) == \
+            finding_keys(f for f in from_dump["findings"] if f["severity"] != "info")

@@ -184,6 +184,7 @@ def test_api_for_drgn_scripts():
 def test_parse_location():
     assert cli.parse_location("4096", 12) == 4096
     assert cli.parse_location("0X1000", 12) == 1
-    with pytest.raises(cli.Unanalysable):
-        cli.parse_location("-", 12)
+    for bad in ("-", "-5", "0x", "1" * 30, "0x" + "f" * 17):
+        with pytest.raises(cli.Unanalysable):
+            cli.parse_location(bad, 12)
 
