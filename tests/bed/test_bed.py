@@ -141,21 +141,37 @@ def test_arm64_nomap_efi_ranges_flagged_in_boot_memblock(cell):
 
 # --- crash cross-check ------------------------------------------------------
 
-def crash_memory_blocks(cell) -> dict[int, tuple[int | None, str]]:
-    """``kmem -n`` memory block list of crash on the cell's kdump: block -> (node, state)."""
+# x86_64 SECTION_SIZE_BITS (arch/x86/include/asm/sparsemem.h).
+X86_64_SECTION_SIZE = 1 << 27
+
+
+def crash_kmem_n(cell) -> str:
     proc = subprocess.run(["crash", "-s", str(cell.vmlinux), str(cell.kdump)], input="kmem -n\nquit\n",
                           capture_output=True, text=True, timeout=300)
-    blocks = {}
-    # e.g. "ffff8d3a4b2c1000   memory32     100000000 - 107ffffff     1   ONLINE    32"
-    for m in re.finditer(r"^\s*[0-9a-f]+\s+memory(\d+)\s+[0-9a-f]+\s+-\s+[0-9a-f]+\s+(\d+)\s+(\w+)", proc.stdout, re.M):
-        blocks[int(m[1])] = (int(m[2]), m[3].lower())
-    assert blocks, f"crash printed no memory block: {proc.stdout[-500:]} {proc.stderr[-500:]}"
-    return blocks
+    return proc.stdout + proc.stderr
+
+
+def crash_memory_blocks(kmem_n: str) -> dict[int, tuple[int, str]]:
+    """The memory block list of ``kmem -n``: block -> (node, state), e.g. from
+    ``ffff8ba5603fe000   memory34   110000000 - 117ffffff  0    ONLINE  34``."""
+    rows = re.finditer(r"^\s*[0-9a-f]+\s+memory(\d+)\s+[0-9a-f]+\s+-\s+[0-9a-f]+\s+(\d+)\s+(\w+)", kmem_n, re.M)
+    return {int(m[1]): (int(m[2]), m[3].lower()) for m in rows}
+
+
+def crash_sections(kmem_n: str) -> set[int]:
+    """The section numbers of ``kmem -n``'s section table, e.g. from
+    ``34  ffff8ba55ffd4220  fffff76680000000  fffff76684400000   PMO  1114112``."""
+    rows = re.finditer(r"^\s*(\d+)\s+[0-9a-f]{16}\s+[0-9a-f]{16}\s+[0-9a-f]{16}\s+[A-Z]+\s+\d+", kmem_n, re.M)
+    return {int(m[1]) for m in rows}
 
 
 @pytest.mark.skipif(not shutil.which("crash"), reason="crash is not installed")
 @pytest.mark.parametrize("cell", [c for c in cells_of("boot", "hotplug", "orphan")
                                   if c[0] == "x86_64" and c[1] in ("5.10", "6.1")], indirect=True, ids=ids)
-def test_crash_lists_the_same_memory_blocks(cell):
-    expected = {b["block"]: (b["node"], b["state"]) for b in cell.truth["memory_blocks"]}
-    assert crash_memory_blocks(cell) == expected
+def test_crash_lists_the_same_sections_and_memory_blocks(cell):
+    kmem_n = crash_kmem_n(cell)
+    truth = cell.truth
+    assert crash_memory_blocks(kmem_n) == {b["block"]: (b["node"], b["state"]) for b in truth["memory_blocks"]}
+    per_block = truth["block_size_bytes"] // X86_64_SECTION_SIZE
+    expected_sections = {b["block"] * per_block + i for b in truth["memory_blocks"] for i in range(per_block)}
+    assert crash_sections(kmem_n) == expected_sections
