@@ -45,7 +45,7 @@ def matrix() -> list[tuple[str, str, str]]:
     """Every (arch, kernel, scenario) the bed builds.
 
     >>> len(matrix()), matrix()[0]
-    (16, ('x86_64', '5.10', 'boot'))
+    (19, ('x86_64', '5.10', 'boot'))
     """
     return [(arch, kernel, name) for arch, kernels in KERNELS.items() for kernel in kernels
             for name, s in SCENARIOS.items() if arch in s.arches]
