@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -116,6 +117,8 @@ def open_program(core: Optional[str] = None, qemu: Optional[str] = None,
     """
     import drgn
 
+    if qemu is not None:
+        wait_for_qmp_greeting(qemu)
     prog = drgn.Program()
     try:
         if core is not None:
@@ -132,6 +135,32 @@ def open_program(core: Optional[str] = None, qemu: Optional[str] = None,
     check_kernel_target(prog, core or qemu or "/proc/kcore", symbols)
     _load_kernel_debug_info(prog, symbols)
     return prog
+
+
+# Seconds to wait for QEMU's QMP greeting before calling the socket busy.
+QMP_GREETING_TIMEOUT = 10.0
+
+
+def wait_for_qmp_greeting(path: str, timeout: float = QMP_GREETING_TIMEOUT) -> None:
+    """Refuse a QMP socket that does not greet within ``timeout`` seconds.
+
+    A QMP socket serves one client at a time: QEMU accepts a second
+    connection but stays silent until the first leaves, and drgn 0.3.0
+    would then wait forever for the greeting. Probing first turns that hang
+    into a one-line error.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(path)
+            greeting = probe.recv(4096)
+        except socket.timeout:
+            raise Unanalysable(f"{path}: no QMP greeting within {timeout:g} s (is another "
+                               "client connected? QMP serves one at a time)") from None
+        except OSError as error:
+            raise Unanalysable(f"cannot open {path}: {_first_line(error)}") from error
+    if not greeting.startswith(b'{"QMP"'):
+        raise Unanalysable(f"{path} is not a QMP socket (it sent {greeting[:40]!r})")
 
 
 # The architectures the model and layout.py decode (64-bit little-endian).

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
 import subprocess
+import threading
 
 import pytest
 
@@ -188,3 +190,35 @@ def test_parse_location():
         with pytest.raises(cli.Unanalysable):
             cli.parse_location(bad, 12)
 
+
+
+def serve_once(path, greeting: bytes) -> threading.Thread:
+    """A unix socket that accepts one client and sends ``greeting`` (or
+    nothing), like a QMP socket whose single slot is taken."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve():
+        conn, _ = server.accept()
+        conn.sendall(greeting)
+        conn.recv(1)
+        conn.close()
+        server.close()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("greeting,message", [(b"", "no QMP greeting within 0.5 s"),
+                                              (b"login: ", "is not a QMP socket")])
+def test_a_silent_or_foreign_qmp_socket_is_refused(tmp_path, greeting, message):
+    path = tmp_path / "qmp.sock"
+    serve_once(path, greeting)
+    with pytest.raises(cli.Unanalysable, match=message):
+        cli.wait_for_qmp_greeting(str(path), timeout=0.5)
+
+
+def test_a_missing_qmp_socket_is_exit_2(tmp_path):
+    assert_one_line_error(run("--qemu", str(tmp_path / "absent.sock"), "check"),
+                          "cannot open", "absent.sock")
