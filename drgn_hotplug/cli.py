@@ -292,6 +292,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             traceback.print_exc()
         print(f"drgn-hotplug: {error}", file=sys.stderr)
         return report.EXIT_UNANALYSABLE
+    except KeyboardInterrupt:
+        print("drgn-hotplug: interrupted", file=sys.stderr)
+        return report.EXIT_UNANALYSABLE
     except Exception:
         if args.debug:
             raise
