@@ -148,3 +148,18 @@ def test_drgn_target_answers_the_layout_questions():
     assert target.enumerators("enum memblock_flags")["MEMBLOCK_NOMAP"] == 0x4
     with pytest.raises(ReadError):
         target.read(0xdead000000000000, 8)
+
+
+@pytest.mark.parametrize("kernel", ("5.10", "6.1"))
+def test_discarded_memblock_is_reported_unavailable(kernel):
+    """130 e820 holes make memblock.memory outgrow its 128 static regions; x86
+    (no ARCH_KEEP_MEMBLOCK) frees the resized array after boot
+    (memblock_discard(), v4.13): the reader must not decode freed memory."""
+    holes = cell("x86_64", kernel, "discard").meta["cmdline"].count("4K$")
+    model = model_of("x86_64", kernel, "discard")
+    # Each hole splits a region: more regions than INIT_MEMBLOCK_REGIONS (128).
+    assert model.memblock_memory.cnt > holes > 128
+    assert model.memblock_memory.max > 128
+    for mtype in (model.memblock_memory, model.memblock_reserved):
+        assert not mtype.available and mtype.regions == ()
+        assert mtype.reason.startswith("memblock unavailable after boot")
