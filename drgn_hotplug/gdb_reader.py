@@ -23,6 +23,14 @@ from . import layout
 from .model import Model
 
 
+# gdb resolves a global to the first compile unit it meets that mentions it,
+# often one that only saw a header's extern declaration without the array
+# length ("struct node *node_devices[]"); a file-scoped lookup in the
+# defining file gives the complete type. drivers/base/node.c has defined
+# node_devices since the node devices appeared (v2.5).
+DEFINING_FILE = {"node_devices": "drivers/base/node.c"}
+
+
 class GdbTarget:
     """``layout.Target`` answered by the gdb session's symbols and inferior."""
 
@@ -45,7 +53,12 @@ class GdbTarget:
     @functools.lru_cache(maxsize=None)
     def symbol_type(self, name: str) -> Optional[str]:
         value = _symbol_value(name)
-        return str(value.type.strip_typedefs()) if value is not None else None
+        if value is None:
+            return None
+        spelling = str(value.type.strip_typedefs())
+        if spelling.endswith("[]") and name in DEFINING_FILE:
+            spelling = str(gdb.parse_and_eval(f"'{DEFINING_FILE[name]}'::{name}").type)
+        return spelling
 
     @functools.lru_cache(maxsize=None)
     def sizeof(self, type_name: str) -> Optional[int]:

@@ -121,6 +121,9 @@ only read, the symbols are left to the user to reload."""
 
     def invoke(self, argument, from_tty):
         target = gdb_reader.GdbTarget()
+        if gdb_reader.symbols_match(target):
+            gdb.write("memhp kaslr: the loaded symbols already match the target's kernel\n")
+            return
         arch = gdb.selected_inferior().architecture().name()
         offset = gdb_reader.find_kaslr_offset(target, _stopped_pc(), arch)
         if offset is None:

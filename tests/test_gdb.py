@@ -12,15 +12,19 @@ import json
 import os
 from importlib.metadata import version
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 import vmcores
+from vmcores import dumpfmt
 from drgn_hotplug import checks, cli
 
 pexpect = pytest.importorskip("pexpect")
 drgn = pytest.importorskip("drgn")
+from drgn.helpers.linux.mm import pfn_to_page  # noqa: E402
+
 from drgn_hotplug import drgn_reader  # noqa: E402
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -117,6 +121,52 @@ def test_gdb_finds_the_orphan_links_in_a_dump(cell, dump_gdb):
     orphans = sorted((f["node"], f["block"]) for f in doc["findings"] if f["kind"] == "orphaned-link")
     assert orphans == sorted((d["node"], d["block"]) for d in cell.truth["dangling_links"])
     assert "orphaned-link" in dump_gdb.run("memhp check")
+
+
+def elf_without(src: Path, dst: Path, start: int, end: int) -> list:
+    """A sparse copy of a core whose PT_LOADs touching [start, end) become PT_NULL:
+    that memory is absent from the copy. Returns the removed (vaddr, size)."""
+    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+    removed = []
+    with open(dst, "r+b") as f:
+        header = dumpfmt.ELF_HEADER.unpack(f.read(dumpfmt.ELF_HEADER.size))
+        phoff, phnum = header[5], header[10]
+        for i in range(phnum):
+            at = phoff + i * dumpfmt.PROGRAM_HEADER.size
+            f.seek(at)
+            p_type, _, _, vaddr, _, _, memsz, _ = dumpfmt.PROGRAM_HEADER.unpack(
+                f.read(dumpfmt.PROGRAM_HEADER.size))
+            if p_type == dumpfmt.PT_LOAD and vaddr < end and vaddr + memsz > start:
+                f.seek(at)
+                f.write((0).to_bytes(4, "little"))
+                removed.append((vaddr, memsz))
+    return removed
+
+
+@pytest.mark.parametrize("cell", [("x86_64", "6.1", "orphan")], indirect=True, ids="-".join)
+def test_gdb_lists_struct_pages_missing_from_the_dump_as_unreadable(cell, tmp_path):
+    prog = drgn.Program()
+    prog.set_core_dump(str(cell.kdump))
+    prog.load_debug_info([str(cell.vmlinux)])
+    model = drgn_reader.read_model(prog)
+    hot = [s for s in model.sections if s.valid and not s.early]
+    assert hot, "the orphan scenario keeps a hot-added DIMM"
+    first, last = hot[0].nr << model.kernel.pfn_section_shift, (hot[-1].nr + 1) << model.kernel.pfn_section_shift
+    removed = elf_without(cell.kvaddr_elf, tmp_path / "core", pfn_to_page(prog, first).value_(),
+                          pfn_to_page(prog, last).value_())
+    absent = {pfn for pfn in model.page_nids
+              if any(v <= pfn_to_page(prog, pfn).value_() < v + n for v, n in removed)}
+    assert absent
+
+    gdb = Gdb("x86_64", cell.vmlinux)
+    gdb.run(f"symbol-file -o {cell.meta['kaslr_offset']:#x} {cell.vmlinux}")
+    gdb.run(f"core-file {tmp_path / 'core'}")
+    gdb.run(f"source {MEMHP}")
+    doc = gdb.json("memhp check --json")
+    assert {u["what"] for u in doc["unreadable"]} == {f"struct page of pfn {p:#x}" for p in absent}
+    table = gdb.run("memhp check")
+    assert all(f"struct page of pfn {p:#x}" in table for p in absent)
+    gdb.close()
 
 
 def gdb_attach(gdb: Gdb, port: int) -> None:
