@@ -15,12 +15,13 @@ import argparse
 from typing import Any
 
 from drgn import Program
-from drgn.commands import CommandError, argument, command
+from drgn.commands import CommandError, argument
+from drgn.commands.linux import linux_kernel_command
 
 from .cli import COMMANDS, Unanalysable, read_model_checked, render_command
 
 
-@command(
+@linux_kernel_command(
     description="find memory-hotplug inconsistencies (drgn-hotplug)",
     long_description="Runs a drgn-hotplug sub-command on the program: check (every "
     "check), sections, memblock, blocks, links, or explain PFN|0xADDR. Returns the "
