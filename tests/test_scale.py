@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,26 @@ def test_drgn_helpers_walk_the_same_machine(n_sections):
     memory_dir = blocks[0].dev.kobj.sd.parent
     names = {c.name.string_() for c in kernfs_children(memory_dir)}
     assert {f"memory{b.dev.id.value_()}".encode() for b in blocks} <= names
+
+
+def test_gdb_front_end_finds_the_planted_ones():
+    """gdb reads the grown kernel-virtual ELF: same findings; only the shared
+    struct pages of generated sections, which that ELF leaves out, are unreadable."""
+    if not shutil.which("gdb"):
+        pytest.skip("gdb is not installed")
+    m = manifest(1024)
+    cell = json.loads((Path(m["source_cell"]) / "cell.json").read_text())
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        ["gdb", "-batch", "-nx", "-ex", f"symbol-file -o {cell['kaslr_offset']:#x} {m['vmlinux']}",
+         "-ex", f"core-file {grown(1024) / m['files']['kvaddr_elf']}",
+         "-ex", f"source {root / 'gdb' / 'memhp.py'}", "-ex", "memhp check --json"],
+        capture_output=True, text=True, timeout=600).stdout
+    document = json.loads(out[out.index("\n{") + 1:])
+    assert sorted(map(finding_key, document["findings"])) \
+        == sorted(map(finding_key, m["expected_findings"]))
+    assert document["unreadable"]
+    assert all(u["what"].startswith("struct page of pfn ") for u in document["unreadable"])
 
 
 def test_kernfs_name_hash_matches_the_kernel(get_cell):
