@@ -37,10 +37,14 @@ except ImportError as _error:  # a missing dependency must say how to get it
 
 def read_model():
     """The Model of the kernel gdb is looking at; a user error if it cannot be read."""
-    if not gdb.selected_inferior().pid and not _has_memory():
+    # Without a target gdb would read the vmlinux file's initial data.
+    if not gdb.selected_inferior().pid:
         raise gdb.GdbError("memhp: no target: open a vmcore (core-file) or attach "
                            "(target remote HOST:PORT) first")
     target = gdb_reader.GdbTarget()
+    if target.symbol("init_uts_ns") is None:
+        raise gdb.GdbError("memhp: no kernel symbols: load the debug vmlinux (gdb vmlinux, "
+                           "or `symbol-file vmlinux`)")
     if not gdb_reader.symbols_match(target):
         raise gdb.GdbError("memhp: the symbols do not match the target's memory (KASLR?): "
                            "`memhp kaslr` finds the offset for `symbol-file -o`")
@@ -48,14 +52,6 @@ def read_model():
         return gdb_reader.read_model(target)
     except layout.ReadError as error:
         raise gdb.GdbError(f"memhp: cannot analyse this kernel: {error}") from None
-
-
-def _has_memory():
-    try:
-        gdb.selected_inferior().read_memory(gdb.parse_and_eval("&init_uts_ns"), 1)
-        return True
-    except (gdb.error, gdb.MemoryError):
-        return False
 
 
 class Memhp(gdb.Command):

@@ -169,6 +169,12 @@ def test_gdb_lists_struct_pages_missing_from_the_dump_as_unreadable(cell, tmp_pa
     gdb.close()
 
 
+def kinds_covering(doc: dict, pfn: int) -> list:
+    """Kinds of the range findings of a JSON document that contain ``pfn``."""
+    return [f["kind"] for f in doc["findings"] if "start_pfn" in f
+            and f["start_pfn"] <= pfn < f["end_pfn"]]
+
+
 def gdb_attach(gdb: Gdb, port: int) -> None:
     assert "Remote debugging" in gdb.run(f"target remote 127.0.0.1:{port}")
 
@@ -201,7 +207,10 @@ def test_gdb_live_orphans_kaslr_and_hot_add(cell):
         blocks_after = {b["id"]: b for b in gdb.json("memhp blocks --json")["blocks"]}
         assert set(blocks_after) - blocks_before == set(added["blocks"])
         assert all(blocks_after[b]["state"] == "offline" for b in added["blocks"])
+        # x86 hot-added memory never enters memblock: the second check says so for the DIMM.
         pfn = added["addr"] >> 12
+        assert kinds_covering(before, pfn) == []
+        assert kinds_covering(gdb.json("memhp check --json"), pfn) == ["memmap-without-memblock"]
         assert gdb.run(f"print $memhp_section_valid({pfn})").strip().endswith("= 1")
         assert gdb.run(f"print $memhp_pfn_valid({pfn})").strip().endswith("= 1")
         gdb.run("detach")
