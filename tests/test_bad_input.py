@@ -256,5 +256,11 @@ def test_the_gdb_front_end_never_writes_guest_memory(x86_61, tmp_path):
         after = guest_ram_digest(guest, ram, tmp_path)
         assert "orphaned-link" in outputs[0]       # memhp really read the kernel
         assert before == after
+        # The digest does see a one-byte write (then undone) through the same stub.
+        last = "init_uts_ns.name.domainname[64]"
+        gdb.run(f"set var {last} = 1")
+        assert guest_ram_digest(guest, ram, tmp_path) != before
+        gdb.run(f"set var {last} = 0")
+        assert guest_ram_digest(guest, ram, tmp_path) == before
         gdb.run("detach")
         gdb.close()

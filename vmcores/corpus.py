@@ -798,9 +798,11 @@ def main(seed: int, total: int, workers: int = WORKERS, select: Optional[str] = 
 
         def progress(result: Result) -> None:
             done[0] += 1
-            if result.verdict != "ok" or done[0] % 50 == 0:
-                print(f"  {done[0]}/{len(cases)} case {result.case.id}: {result.verdict} "
-                      f"{result.detail[:150]}", file=sys.stderr, flush=True)
+            if result.verdict != "ok":
+                print(f"  case {result.case.id} [{result.case.group}] {result.case.description}: "
+                      f"{result.verdict} {result.detail[:150]}", file=sys.stderr, flush=True)
+            if done[0] % 50 == 0:
+                print(f"  {done[0]}/{len(cases)} done", file=sys.stderr, flush=True)
         results = run_corpus(cases, scratch, workers, progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
