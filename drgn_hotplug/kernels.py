@@ -250,6 +250,33 @@ def memblock_trust(keeps_memblock: bool, regions_address: int,
     return None
 
 
+# memblock_double_array() doubles a full array, starting from the static
+# one; 2^16 doublings (8M regions from 128) is far beyond any machine and
+# keeps the one read of a corrupt-but-consistent array bounded.
+MAX_MEMBLOCK_DOUBLINGS = 16
+
+
+def memblock_count_problem(cnt: int, max_: int, init_length: Optional[int]) -> Optional[str]:
+    """Why a memblock_type's ``cnt``/``max`` cannot be real, None when they can.
+
+    ``max`` starts as the length of the static ``memblock_*_init_regions``
+    array and only ever doubles; ``cnt`` never exceeds it.
+
+    >>> memblock_count_problem(3, 128, 128) is None, memblock_count_problem(133, 256, 128) is None
+    (True, True)
+    >>> memblock_count_problem(1 << 31, 128, 128)
+    'corrupt count: cnt 2147483648 exceeds max 128'
+    >>> memblock_count_problem(3, 1 << 31, 128)
+    'corrupt count: max 2147483648 is not the static array length 128 doubled at most 16 times'
+    """
+    if not 0 <= cnt <= max_:
+        return f"corrupt count: cnt {cnt} exceeds max {max_}"
+    if init_length and not any(max_ == init_length << k for k in range(MAX_MEMBLOCK_DOUBLINGS + 1)):
+        return (f"corrupt count: max {max_} is not the static array length {init_length} "
+                f"doubled at most {MAX_MEMBLOCK_DOUBLINGS} times")
+    return None
+
+
 # Fallback bits of enum memblock_flags when DWARF lacks the enumerators.
 # MEMBLOCK_HOTPLUG v3.13 (66b16edf9eaf), MEMBLOCK_MIRROR v4.3 (a3f5bafcc04a),
 # MEMBLOCK_NOMAP v4.5 (bf3d3cc580f9), MEMBLOCK_DRIVER_MANAGED v5.16

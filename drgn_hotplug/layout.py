@@ -756,8 +756,12 @@ def _read_memblock_type(target, name, address, facts, layout, flag_bits, unreada
     header = target.read(address, layout.regions + WORD)
     cnt, max_, regions = (word_at(header, layout.cnt), word_at(header, layout.max),
                           word_at(header, layout.regions))
-    reason = kernels.memblock_trust(facts.keeps_memblock, regions,
-                                    target.symbol(f"memblock_{name}_init_regions"), cnt, max_)
+    init = f"memblock_{name}_init_regions"
+    reason = kernels.memblock_count_problem(cnt, max_, _optional_array_length(target, init))
+    if reason is not None:
+        unreadable.append(Unreadable(f"memblock.{name}", reason, address))
+    else:
+        reason = kernels.memblock_trust(facts.keeps_memblock, regions, target.symbol(init), cnt, max_)
     if reason is None:
         try:
             data = target.read(regions, cnt * layout.sizeof_region)
@@ -767,6 +771,13 @@ def _read_memblock_type(target, name, address, facts, layout, flag_bits, unreada
             unreadable.append(Unreadable(f"memblock.{name}.regions", error.reason, regions))
             reason = f"memblock.{name}.regions unreadable"
     return MemblockType(name, address, cnt, max_, (), available=False, reason=reason)
+
+
+def _optional_array_length(target: Target, symbol: str) -> Optional[int]:
+    try:
+        return _array_length(target.symbol_type(symbol))
+    except ReadError:
+        return None
 
 
 def block_layout(target: Target) -> BlockLayout:
