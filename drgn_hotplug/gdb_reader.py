@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import gdb  # type: ignore[import-not-found]
 
-from . import layout
+from . import layout, vmcoreinfo
 from .model import Model
 
 
@@ -184,13 +184,33 @@ def _inline_chain(block) -> List[str]:
 # ---------------------------------------------------------------- KASLR
 
 def symbols_match(target: layout.Target) -> bool:
-    """Whether the loaded symbols sit where the target's kernel put them:
-    ``init_uts_ns.name.sysname`` reads "Linux" only when the KASLR offset
-    given to ``symbol-file -o`` (or none, under nokaslr) is right."""
-    try:
-        return layout.read_uts(target)["sysname"] == "Linux"
-    except (layout.ReadError, KeyError):
+    """Whether the loaded symbols sit where the target's kernel put them
+    (the KASLR offset given to ``symbol-file -o`` is right, or none is needed)."""
+    return offset_fits(target, 0)
+
+
+def offset_fits(target: layout.Target, offset: int) -> bool:
+    """Whether the kernel's own VMCOREINFO, found through the symbols moved by
+    ``offset``, puts ``init_uts_ns`` where those moved symbols do.
+
+    Reading the image's static data is not proof: on a core file gdb falls
+    back to the vmlinux file for addresses the core lacks, so only data the
+    running kernel wrote (the vmcoreinfo_data pointer, the text it points
+    to) can tell.
+    """
+    symbols = [target.symbol(name) for name in ("vmcoreinfo_data", "vmcoreinfo_size",
+                                                "init_uts_ns")]
+    if None in symbols:
         return False
+    data_pointer, size_address, uts = (address + offset for address in symbols)
+    try:
+        data, size = layout.read_word(target, data_pointer), layout.read_word(target, size_address)
+        if not data or not 0 < size <= 1 << 16:
+            return False
+        text = target.read(data, size).decode("ascii", "replace")
+    except layout.ReadError:
+        return False
+    return vmcoreinfo.parse_vmcoreinfo(text).symbols.get("init_uts_ns") == uts
 
 
 # The kernel image moves by multiples of this: x86_64 places it at
@@ -206,7 +226,7 @@ def kaslr_candidates(pc: Optional[int], text: int, end: int, step: int):
     """Offsets that put ``pc`` (a stopped CPU, usually in kernel text) inside [text, end).
 
     >>> list(kaslr_candidates(0x5000, 0x1000, 0x3000, 0x1000))
-    [8192, 12288, 16384]
+    [12288, 16384]
     """
     if pc is None or pc < text:
         return range(0)
@@ -229,7 +249,8 @@ def find_kaslr_offset(target: layout.Target, pc: Optional[int], arch: str) -> Op
         candidates += range(0, X86_64_KERNEL_IMAGE_SIZE, step)
     for offset in candidates:
         try:
-            if target.read(banner + offset, 14) == b"Linux version ":
+            if target.read(banner + offset, 14) == b"Linux version " \
+                    and offset_fits(target, offset):
                 return offset
         except layout.ReadError:
             continue

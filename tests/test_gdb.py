@@ -123,6 +123,20 @@ def test_gdb_finds_the_orphan_links_in_a_dump(cell, dump_gdb):
     assert "orphaned-link" in dump_gdb.run("memhp check")
 
 
+@pytest.mark.parametrize("cell", [("arm64", "6.1", "hotplug")], indirect=True, ids="-".join)
+def test_memhp_kaslr_finds_the_offset_of_an_arm64_dump(cell):
+    """arm64 KASLR moves the kernel by 64 KiB multiples anywhere in a huge range:
+    only the stopped pc narrows it. Unrelocated symbols must be refused even though
+    gdb reads their static data from the vmlinux file where the core lacks it."""
+    gdb = Gdb("arm64", cell.vmlinux)
+    gdb.run(f"core-file {cell.kvaddr_elf}")
+    gdb.run(f"source {MEMHP}")
+    assert "symbols do not match" in gdb.run("memhp check")
+    found = re.search(r"KASLR offset (0x[0-9a-f]+)", gdb.run("memhp kaslr"))
+    assert found and int(found.group(1), 16) == cell.meta["kaslr_offset"]
+    gdb.close()
+
+
 def elf_without(src: Path, dst: Path, start: int, end: int) -> list:
     """A sparse copy of a core whose PT_LOADs touching [start, end) become PT_NULL:
     that memory is absent from the copy. Returns the removed (vaddr, size)."""
