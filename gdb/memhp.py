@@ -136,17 +136,19 @@ def _stopped_pc():
 
 
 class _ModelCache:
-    """One Model per stop of the target, for convenience functions called in loops.
+    """One Model per prompt, for convenience functions called in loops
+    (``while $i < 0x40000 ... $memhp_pfn_valid($i)`` in a gdb script).
 
-    Invalidated whenever the target may have changed: it ran, memory was
-    written from gdb, or the symbols changed.
+    Dropped at the next prompt and whenever the target may have changed
+    meanwhile: it ran or stopped, memory was written, the symbols changed.
     """
 
     def __init__(self):
         self.model = None
         self.sets = None
-        for registry in (gdb.events.stop, gdb.events.cont, gdb.events.memory_changed,
-                         gdb.events.new_objfile, gdb.events.clear_objfiles):
+        for registry in (gdb.events.before_prompt, gdb.events.stop, gdb.events.cont,
+                         gdb.events.memory_changed, gdb.events.new_objfile,
+                         gdb.events.clear_objfiles):
             registry.connect(self.clear)
 
     def clear(self, *_):

@@ -107,6 +107,7 @@ def dump_gdb(cell):
 def test_gdb_reports_equal_drgn_on_the_same_dump(cell, dump_gdb):
     expected = drgn_model(cell)
     assert dump_gdb.model() == plain(expected.to_dict())
+    assert dump_gdb.run("memhp check") == cli.render_command(expected, "check")[0] + "\n"
     for command in ("check", "sections", "memblock", "blocks", "links"):
         text, _ = cli.render_command(expected, command, as_json=True, version=VERSION)
         assert dump_gdb.json(f"memhp {command} --json") == json.loads(text), command
