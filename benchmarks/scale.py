@@ -213,7 +213,8 @@ def crash_kmem(kdump: Path, vmlinux: str, timeout: float) -> dict:
     stamps = [float(line) for line in out.splitlines() if line[:10].isdigit() and "." in line]
     if wall is None or len(stamps) != 2:
         return {"crash_total": None, "crash_kmem": None}
-    sections = out.count("\n", out.find(" SECTION "), out.find("MEM_BLOCK")) - 1
+    listing = out[out.find(" SECTION "):out.find("MEM_BLOCK")].splitlines()[1:]
+    sections = sum(1 for line in listing if line.strip()[:1].isdigit())
     return {"crash_total": wall, "crash_kmem": stamps[1] - stamps[0], "crash_sections": sections}
 
 
