@@ -28,11 +28,13 @@ if os.path.isfile(os.path.join(_CHECKOUT, "drgn_hotplug", "__init__.py")) \
 
 try:
     from drgn_hotplug import checks, cli, gdb_reader, layout
-except ImportError as _error:  # a missing dependency must say how to get it
-    raise gdb.GdbError(
-        f"memhp: cannot import drgn_hotplug ({_error}); gdb runs {sys.executable} "
+except ImportError as _error:  # a missing dependency must say how to get it, in one line
+    _IMPORT_ERROR = (
+        f"memhp: not loaded: cannot import drgn_hotplug ({_error}); gdb runs {sys.executable} "
         f"{sys.version.split()[0]}: install python3-tabulate, and source gdb/memhp.py from a "
-        "drgn-hotplug checkout or put the package on PYTHONPATH") from None
+        "drgn-hotplug checkout or put the package on PYTHONPATH")
+else:
+    _IMPORT_ERROR = None
 
 
 def read_model():
@@ -161,19 +163,17 @@ class _ModelCache:
         return self.sets
 
 
-_CACHE = _ModelCache()
-
-
 class PfnValid(gdb.Function):
     """$memhp_pfn_valid(PFN): 1 if the analysed kernel's own pfn_valid(PFN) is true, else 0.
 
 Modelled per arch and kernel version (drgn-hotplug's pfn_valid rules)."""
 
-    def __init__(self):
+    def __init__(self, cache):
+        self.cache = cache
         super().__init__("memhp_pfn_valid")
 
     def invoke(self, pfn):
-        answer = _CACHE.pfn_sets().pfn_valid
+        answer = self.cache.pfn_sets().pfn_valid
         if answer is None:
             raise gdb.GdbError("memhp_pfn_valid: unknown: this kernel's pfn_valid() needs "
                                "memblock, which is unavailable in the target")
@@ -184,16 +184,25 @@ class SectionValid(gdb.Function):
     """$memhp_section_valid(PFN): 1 if valid_section() holds for PFN's section
 (it has a memmap), else 0."""
 
-    def __init__(self):
+    def __init__(self, cache):
+        self.cache = cache
         super().__init__("memhp_section_valid")
 
     def invoke(self, pfn):
-        return int(int(pfn) in _CACHE.pfn_sets().valid)
+        return int(int(pfn) in self.cache.pfn_sets().valid)
 
 
-Memhp()
-for _name in cli.COMMANDS:
-    MemhpReport(_name)
-MemhpKaslr()
-PfnValid()
-SectionValid()
+def _register():
+    Memhp()
+    for name in cli.COMMANDS:
+        MemhpReport(name)
+    MemhpKaslr()
+    cache = _ModelCache()
+    PfnValid(cache)
+    SectionValid(cache)
+
+
+if _IMPORT_ERROR:
+    gdb.write(_IMPORT_ERROR + "\n", gdb.STDERR)
+else:
+    _register()
