@@ -672,8 +672,35 @@ def read_uts(target: Target) -> Dict[str, str]:
     return fields
 
 
+def implausible_constant(constants: vmcoreinfo.DerivedConstants,
+                         sections_per_block: int) -> Optional[str]:
+    """What in the kernel's own VMCOREINFO (read from its memory, which a
+    crash may have corrupted) no kernel could have, None when all is plausible.
+
+    >>> c = vmcoreinfo.DerivedConstants(4096, 27, 46, 1 << 19, None, "6.1")
+    >>> implausible_constant(c, 1) is None
+    True
+    >>> implausible_constant(vmcoreinfo.DerivedConstants(4096, 99, 46, 1, None, "6.1"), 1)
+    'SECTION_SIZE_BITS 99 with MAX_PHYSMEM_BITS 46'
+    """
+    page, section, physmem = (constants.page_size, constants.section_size_bits,
+                              constants.max_physmem_bits)
+    if page not in (4096, 16384, 65536):
+        return f"PAGESIZE {page}"
+    if section is None or physmem is None or not page.bit_length() - 1 < section < physmem <= 64:
+        return f"SECTION_SIZE_BITS {section} with MAX_PHYSMEM_BITS {physmem}"
+    if sections_per_block < 1 or sections_per_block & (sections_per_block - 1) \
+            or sections_per_block.bit_length() - 1 + section > physmem:
+        return f"sections_per_block {sections_per_block}"
+    return None
+
+
 def read_kernel_facts(target: Target) -> KernelFacts:
-    """KernelFacts from VMCOREINFO, ``init_uts_ns`` and the types of a few symbols."""
+    """KernelFacts from VMCOREINFO, ``init_uts_ns`` and the types of a few symbols.
+
+    Raises ReadError when those constants are missing or impossible: every
+    later read and walk is sized by them.
+    """
     info = vmcoreinfo.parse_vmcoreinfo(read_vmcoreinfo_text(target))
     constants = vmcoreinfo.derive_constants(info)
     uts = read_uts(target)
@@ -681,6 +708,9 @@ def read_kernel_facts(target: Target) -> KernelFacts:
     mem_section_type = target.symbol_type("mem_section") or ""
     has_subsections = target.offsetof("struct mem_section_usage", "subsection_map") is not None
     sections_per_block = int_at(target.read(_require(target, "sections_per_block"), 4), 0)
+    problem = implausible_constant(constants, sections_per_block)
+    if problem:
+        raise ReadError(0, 0, f"the kernel's VMCOREINFO or memory block size is corrupt: {problem}")
     return KernelFacts(
         arch=uts["machine"], release=release,
         version=vmcoreinfo.parse_kernel_version(release, uts["version"]),
