@@ -441,7 +441,22 @@ class _Links:
         self.block_nodes = _block_nodes(ctx)
 
     def live(self, index: Dict[Tuple[int, int], List[NodeLink]], node: int, block: int) -> bool:
-        return any(link.target_live for link in index.get((node, block), ()))
+        return any(_counts_as_present(link) for link in index.get((node, block), ()))
+
+
+# NodeLink.target_dead_reasons of a link whose target the dump lacks
+# (makedumpfile -d 31 drops slab pages): the reader files it as unreadable.
+TARGET_UNREADABLE = ("unreadable",)
+
+
+def _target_unreadable(link: NodeLink) -> bool:
+    return link.target_dead_reasons == TARGET_UNREADABLE
+
+
+def _counts_as_present(link: NodeLink) -> bool:
+    """A live link, or one whose target could not be read: absent from
+    neither the kernel's view nor ours, so never a missing link."""
+    return link.target_live or _target_unreadable(link)
 
 
 def _valid_nid(nid: Optional[int], kernel: KernelFacts) -> bool:
@@ -515,8 +530,8 @@ def check_orphaned_links(ctx: _Context, links: _Links) -> List[Finding]:
 
 
 def _orphan_reason(ctx: _Context, link: NodeLink) -> Optional[str]:
-    if link.target_dead_reasons == ("unreadable",):
-        return None  # target not in the dump: listed as unreadable, liveness unknown
+    if _target_unreadable(link):
+        return None  # listed as unreadable; its liveness is unknown
     if not link.target_live:
         dead = ", ".join(link.target_dead_reasons) or "not live"
         return f"target {link.target_name or 'kernfs node'} removed ({dead})"
@@ -574,7 +589,7 @@ def _unread_directories(model: Model) -> set:
 def _missing_directions(links: _Links, nid: int, block_id: int) -> List[str]:
     if nid == NUMA_NO_NODE:
         # No node known: any live link of the block counts.
-        has_any = any(l.target_live for l in links.by_block.get(block_id, ()))
+        has_any = any(_counts_as_present(l) for l in links.by_block.get(block_id, ()))
         return [] if has_any else [NODE_TO_BLOCK, BLOCK_TO_NODE]
     missing = []
     if not links.live(links.node_to_block, nid, block_id):

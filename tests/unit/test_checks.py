@@ -9,7 +9,7 @@ from drgn_hotplug import checks, report
 from drgn_hotplug.checks import (MEMBLOCK_WITHOUT_MEMMAP, MEMMAP_WITHOUT_MEMBLOCK, MISSING_LINK,
                                  NOT_LINEAR_MAPPED, ORPHANED_LINK, PFN_VALID_MISMATCH,
                                  WRONG_NODE_LINK)
-from drgn_hotplug.model import MemblockType
+from drgn_hotplug.model import MemblockType, Unreadable
 
 
 def serious(findings):
@@ -313,3 +313,23 @@ def test_nonsense_kernel_constants_are_a_one_line_error():
     model = h.x86_boot(h.x86_kernel(section_size_bits=50))
     with pytest.raises(ValueError, match="SECTION_SIZE_BITS 50 does not fit"):
         checks.explain(model, 0)
+
+
+def test_links_the_dump_lacks_are_unreadable_not_findings():
+    # makedumpfile -d 31 drops slab pages: a link's target kernfs node or a
+    # directory listing may be missing from the dump (x86_64 6.12 orphan cell).
+    model = h.x86_boot()
+    lost = replace(h.dead_link(1, 5), target_dead_reasons=("unreadable",))
+    model.links = [l for l in model.links if l.block != 5 or l.direction != "node-to-block"]
+    model.links.append(lost)
+    model.blocks[6] = replace(model.blocks[6], kn_address=0xffff888010001800)
+    model.unreadable.append(Unreadable("kernfs children of memory6", "page excluded",
+                                       0xffff888010001800))
+    model.links = [l for l in model.links if not (l.block == 6 and l.direction == "block-to-node")]
+    assert serious(checks.run_checks(model)) == []
+    # The same absences with readable directories are findings.
+    model.unreadable.clear()
+    model.links.remove(lost)
+    findings = serious(checks.run_checks(model))
+    assert [(f.kind, f.block, f.facts["missing"]) for f in findings] == [
+        (MISSING_LINK, 5, ["node-to-block"]), (MISSING_LINK, 6, ["block-to-node"])]
