@@ -266,7 +266,11 @@ def render_table(model: Model, findings: Optional[List[Finding]] = None) -> str:
     if model.unreadable:
         parts += ["", render_unreadable(model)]
     counts = summary(findings)
-    parts += ["", ", ".join(f"{counts[s]} {s}" for s in SEVERITIES)]
+    totals = ", ".join(f"{counts[s]} {s}" for s in SEVERITIES)
+    if model.unreadable:
+        totals += (f"; {len(model.unreadable)} kernel objects unreadable, "
+                   "so findings about them may be missing")
+    parts += ["", totals]
     return "\n".join(parts)
 
 

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import handmade as h
 from drgn_hotplug import checks, report
+from drgn_hotplug.model import Unreadable
 
 
 def test_json_document_schema_on_the_orphan_model():
@@ -103,3 +104,14 @@ def test_a_64_tib_sections_table_uses_the_fast_layout():
     assert len(lines) == report.TABULATE_MAX_ROWS + 3
     assert lines[-1].split() == ["2000", "0xffff888003e27d00", "0xffffea00fa00000b", "PMOE",
                                  "0x3e80000-0x3e87fff", "all", "64"]
+
+
+def test_check_table_says_when_the_analysis_is_partial():
+    model = h.x86_orphan()
+    assert report.render_table(model).splitlines()[-1] == "2 error, 0 warning, 3 info"
+    model.unreadable.append(Unreadable("kernfs children of node1", "Excluded page",
+                                       0xffff8c562015e908))
+    text = report.render_table(model)
+    assert "kernfs children of node1  0xffff8c562015e908  Excluded page" in text
+    assert text.splitlines()[-1] == ("2 error, 0 warning, 3 info; 1 kernel objects unreadable, "
+                                     "so findings about them may be missing")
