@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -67,7 +68,13 @@ def list_cells(args) -> int:
     return 0
 
 
+def stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def start(args) -> int:
+    """Start a cell's guest live and keep it until Ctrl-C or SIGTERM."""
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     cell = build_cell(args.arch, args.kernel, args.scenario)
     with start_live(cell) as guest:
         print(f"vmlinux:   {cell.vmlinux}")

@@ -12,8 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -86,6 +88,15 @@ def qemu_argv(spec: GuestSpec, run: Path, gdb_port: int) -> list[str]:
     ]
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Run in the QEMU child before exec: SIGKILL it when the harness dies, so no
+    guest outlives a killed build or test run."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Guest:
     """A running guest; a context manager that always kills QEMU on exit."""
 
@@ -109,11 +120,15 @@ class Guest:
 
     def __enter__(self) -> "Guest":
         try:
-            self.boot()
-        except ChannelError:
-            # One retry: a TCG race can kill a boot (testbed-notes).
-            self.stop()
-            self.boot()
+            try:
+                self.boot()
+            except ChannelError:
+                # One retry: a TCG race can kill a boot (testbed-notes).
+                self.stop()
+                self.boot()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -125,14 +140,24 @@ class Guest:
         start = time.monotonic()
         self.gdb_port = free_tcp_port()
         self.argv = qemu_argv(self.spec, self.run_dir, self.gdb_port)
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.run_dir / "qemu.stderr", "wb"))
-        self.shell = SerialShell(self.run_dir / "serial.sock")
-        self.qmp = QMP(self.run_dir / "qmp.sock")
-        self.shell.wait_for(rf"^{READY}$", BOOT_TIMEOUT_S[self.spec.arch])
+        with open(self.run_dir / "qemu.stderr", "wb") as stderr:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=stderr, preexec_fn=die_with_parent)
+        try:
+            self.shell = SerialShell(self.run_dir / "serial.sock")
+            self.qmp = QMP(self.run_dir / "qmp.sock")
+            self.shell.wait_for(rf"^{READY}$", BOOT_TIMEOUT_S[self.spec.arch])
+        except ChannelError as err:
+            raise ChannelError(f"{self.spec.arch} guest did not boot: {err}; {self.last_words()}") from None
         if "@@INSMOD-FAILED" in self.shell.text:
-            raise ChannelError("a module failed to load: " + self.shell.text[-500:])
+            raise ChannelError(f"a module failed to load; {self.last_words()}")
         self.boot_seconds = time.monotonic() - start
+
+    def last_words(self) -> str:
+        """The end of QEMU's stderr and of the console, for a failure message."""
+        stderr = (self.run_dir / "qemu.stderr").read_text(errors="replace").strip()[-300:]
+        console = self.shell.text.strip()[-300:] if hasattr(self, "shell") else ""
+        return f"qemu stderr: {stderr or '-'}; console ends: {console or '-'}"
 
     def stop(self) -> None:
         """Kill QEMU (only ours, by its process handle)."""

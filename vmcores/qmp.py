@@ -51,7 +51,12 @@ class QMP:
         self.execute("qmp_capabilities")
 
     def _read(self) -> dict:
-        line = self.file.readline()
+        try:
+            line = self.file.readline()
+        except socket.timeout:
+            raise
+        except OSError as err:
+            raise ChannelError(f"QMP connection lost: {err}") from None
         if not line:
             raise ChannelError("QMP connection closed")
         return json.loads(line)
@@ -60,7 +65,10 @@ class QMP:
         """Run a command and return its ``return`` value; an ``error`` raises ChannelError."""
         self.sock.settimeout(timeout)
         msg = {"execute": command, **({"arguments": arguments} if arguments else {})}
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        try:
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as err:
+            raise ChannelError(f"QMP {command}: connection lost: {err}") from None
         while True:
             reply = self._read()
             if "event" in reply:
