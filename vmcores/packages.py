@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import lzma
+import mmap
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tarfile
 import time
@@ -370,17 +372,25 @@ def extract_vmlinux(deb: Path, abi: str, out: Path) -> None:
 
 
 def link_addresses(vmlinux: Path, names: tuple[str, ...]) -> dict[str, int]:
-    """Link-time addresses of some symbols of a vmlinux (absent ones are left out).
+    """Link-time addresses of some symbols of a (little-endian ELF64) vmlinux, from
+    its .symtab; absent ones are left out.
 
     >>> link_addresses(k.vmlinux, ("_stext",))       # doctest: +SKIP
     {'_stext': 18446744071578845184}
     """
-    out = run(["readelf", "-sW", str(vmlinux)])
-    found = {}
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 8 and fields[7] in names and fields[7] not in found:
-            found[fields[7]] = int(fields[1], 16)
+    with open(vmlinux, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as elf:
+        shoff, shentsize, shnum = struct.unpack_from("<40xQ10xHH", elf)
+        sections = [struct.unpack_from("<4xI8x8xQQI4x8xQ", elf, shoff + i * shentsize) for i in range(shnum)]
+        # (sh_type, sh_offset, sh_size, sh_link, sh_entsize); SHT_SYMTAB is 2.
+        (_, sym_off, sym_size, strtab, _), = [s for s in sections if s[0] == 2]
+        str_off = sections[strtab][1]
+        wanted = {name.encode() for name in names}
+        found: dict[str, int] = {}
+        for st_name, st_value in struct.iter_unpack("<I4xQ8x", elf[sym_off:sym_off + sym_size]):
+            start = str_off + st_name
+            name = elf[start:elf.find(b"\0", start)]
+            if name in wanted and name.decode() not in found:
+                found[name.decode()] = st_value
     return found
 
 
