@@ -5,8 +5,8 @@ Runs inside gdb (``import gdb`` only works there). gdb answers the
 ``layout.read_model`` does the rest, so nothing here interprets kernel data.
 
     (gdb) python from drgn_hotplug import gdb_reader
-    (gdb) python print(len(gdb_reader.read_model().sections))
-    12
+    (gdb) python print(gdb_reader.read_model().kernel.release)
+    6.1.0-56-cloud-amd64
 
 Memory is only ever read (``Inferior.read_memory``), whole arrays at a time.
 """
@@ -14,7 +14,6 @@ Memory is only ever read (``Inferior.read_memory``), whole arrays at a time.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Dict, List, Optional, Tuple
 
 import gdb  # type: ignore[import-not-found]
@@ -45,12 +44,10 @@ class GdbTarget:
         except (gdb.MemoryError, gdb.error) as error:
             raise layout.ReadError(address, size, _one_line(error)) from None
 
-    @functools.lru_cache(maxsize=None)
     def symbol(self, name: str) -> Optional[int]:
         value = _symbol_value(name)
         return int(value.address) if value is not None and value.address is not None else None
 
-    @functools.lru_cache(maxsize=None)
     def symbol_type(self, name: str) -> Optional[str]:
         value = _symbol_value(name)
         if value is None:
@@ -60,12 +57,10 @@ class GdbTarget:
             spelling = str(gdb.parse_and_eval(f"'{DEFINING_FILE[name]}'::{name}").type)
         return spelling
 
-    @functools.lru_cache(maxsize=None)
     def sizeof(self, type_name: str) -> Optional[int]:
         kind = _lookup_type(type_name)
         return kind.sizeof if kind is not None else None
 
-    @functools.lru_cache(maxsize=None)
     def offsetof(self, type_name: str, member: str) -> Optional[int]:
         kind = _lookup_type(type_name)
         offset = 0
@@ -79,7 +74,6 @@ class GdbTarget:
             offset += field_offset
         return offset
 
-    @functools.lru_cache(maxsize=None)
     def enumerator(self, name: str) -> Optional[int]:
         try:
             symbol = gdb.lookup_static_symbol(name) or gdb.lookup_global_symbol(name)
@@ -91,7 +85,6 @@ class GdbTarget:
         except gdb.error:
             return None
 
-    @functools.lru_cache(maxsize=None)
     def enumerators(self, type_name: str) -> Dict[str, int]:
         kind = _lookup_type(type_name)
         if kind is None or kind.code != gdb.TYPE_CODE_ENUM:

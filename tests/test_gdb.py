@@ -226,6 +226,10 @@ def test_gdb_live_orphans_kaslr_and_hot_add(cell):
         pfn = added["addr"] >> 12
         assert kinds_covering(before, pfn) == []
         assert kinds_covering(gdb.json("memhp check --json"), pfn) == ["memmap-without-memblock"]
+        # While gdb holds the guest stopped, drgn over QMP reads the same kernel.
+        drgn_live = drgn_reader.read_model(cli.open_program(qemu=str(guest.drgn_qmp_socket),
+                                                            symbols=[str(cell.vmlinux)]))
+        assert gdb.model() == plain(drgn_live.to_dict())
         assert gdb.run(f"print $memhp_section_valid({pfn})").strip().endswith("= 1")
         assert gdb.run(f"print $memhp_pfn_valid({pfn})").strip().endswith("= 1")
         gdb.run("detach")
