@@ -372,7 +372,6 @@ class KernfsLayout:
     rb: int
     children: int
     target_kn: int
-    priv: int
     flags: int
     type_link: int
     type_mask: int
@@ -403,7 +402,7 @@ def kernfs_dead_reasons(kn: KernfsNode, in_parent: bool, layout: KernfsLayout) -
     ``__kernfs_remove()`` sets KERNFS_REMOVING (v6.1, c25491747b21) and
     ``kernfs_unlink_sibling()`` takes it out of its parent's rbtree.
 
-    >>> lay = KernfsLayout(128, 4, 8, 16, 24, 72, 64, 96, 112, 4, 15, 0x4000)
+    >>> lay = KernfsLayout(128, 4, 8, 16, 24, 72, 64, 112, 4, 15, 0x4000)
     >>> kernfs_dead_reasons(KernfsNode(0, -2147483647, 0, 0, 0, 0x4000), False, lay)
     ('deactivated', 'removing', 'unlinked')
     """
@@ -952,7 +951,7 @@ def kernfs_layout(target: Target) -> KernfsLayout:
         else _offset(target, kn, "__parent"),
         name=_offset(target, kn, "name"), rb=_offset(target, kn, "rb"),
         children=_offset(target, kn, "dir.children"),
-        target_kn=_offset(target, kn, "symlink.target_kn"), priv=_offset(target, kn, "priv"),
+        target_kn=_offset(target, kn, "symlink.target_kn"),
         flags=_offset(target, kn, "flags"), type_link=target.enumerator("KERNFS_LINK"),
         # KERNFS_TYPE_MASK is a macro (0x000f since kernfs began, v3.14).
         type_mask=0xF, removing_flag=target.enumerator("KERNFS_REMOVING"))
