@@ -101,7 +101,8 @@ def dump_gdb(cell):
     gdb.close()
 
 
-@pytest.mark.parametrize("cell", [("x86_64", "6.1", "orphan"), ("x86_64", "6.1", "pmem"),
+@pytest.mark.parametrize("cell", [("x86_64", "5.10", "hotplug"), ("x86_64", "6.1", "orphan"),
+                                  ("x86_64", "6.1", "pmem"), ("x86_64", "6.12", "orphan"),
                                   ("arm64", "5.10", "boot"), ("arm64", "6.1", "hotplug")],
                          indirect=True, ids=lambda c: "-".join(c))
 def test_gdb_reports_equal_drgn_on_the_same_dump(cell, dump_gdb):
