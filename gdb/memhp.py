@@ -43,6 +43,7 @@ def read_model():
     if not gdb.selected_inferior().pid:
         raise gdb.GdbError("memhp: no target: open a vmcore (core-file) or attach "
                            "(target remote HOST:PORT) first")
+    require_stopped()
     target = gdb_reader.GdbTarget()
     if target.symbol("init_uts_ns") is None:
         raise gdb.GdbError("memhp: no kernel symbols: load the debug vmlinux (gdb vmlinux, "
@@ -54,6 +55,13 @@ def read_model():
         return gdb_reader.read_model(target)
     except layout.ReadError as error:
         raise gdb.GdbError(f"memhp: cannot analyse this kernel: {error}") from None
+
+
+def require_stopped():
+    """A user error while the target runs (``continue &``): memhp never stops or resumes it."""
+    thread = gdb.selected_thread()
+    if thread is not None and thread.is_running():
+        raise gdb.GdbError("memhp: the target is running: interrupt it first")
 
 
 class Memhp(gdb.Command):
@@ -118,6 +126,7 @@ only read, the symbols are left to the user to reload."""
         super().__init__("memhp kaslr", gdb.COMMAND_DATA)
 
     def invoke(self, argument, from_tty):
+        require_stopped()
         target = gdb_reader.GdbTarget()
         if gdb_reader.symbols_match(target):
             gdb.write("memhp kaslr: the loaded symbols already match the target's kernel\n")
