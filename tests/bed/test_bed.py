@@ -18,6 +18,9 @@ import vmcores
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
 
+# x86_64 SECTION_SIZE_BITS (arch/x86/include/asm/sparsemem.h).
+X86_64_SECTION_SIZE = 1 << 27
+
 
 def cells_of(*scenarios: str) -> list[tuple[str, str, str]]:
     return [c for c in vmcores.matrix() if c[2] in scenarios]
@@ -104,6 +107,27 @@ def test_pmem_range_is_device_memory_without_memory_block(cell):
     assert namespaces and namespaces[0]["start"] == pmem["start"]
 
 
+# mem_section flags (include/linux/mmzone.h): SECTION_MARKED_PRESENT, _HAS_MEM_MAP,
+# _IS_ONLINE, _IS_EARLY, and SECTION_TAINT_ZONE_DEVICE since v5.12 ("mm: teach
+# pfn_to_online_page() about ZONE_DEVICE section collisions").
+PRESENT, HAS_MEM_MAP, ONLINE, EARLY, TAINT_ZONE_DEVICE = (1 << bit for bit in range(5))
+SUBSECTIONS_PER_SECTION = 64  # 128 MiB sections of 2 MiB subsections (x86_64)
+
+
+@pytest.mark.parametrize("cell", cells_of("pmem"), indirect=True, ids=ids)
+def test_pmem_section_in_the_dump_is_zone_device_with_last_subsection_inactive(cell):
+    drgn = pytest.importorskip("drgn")
+    prog = drgn.Program()
+    prog.set_core_dump(str(cell.kdump))
+    prog.load_debug_info([str(cell.vmlinux)])
+    (pmem,) = [e for e in cell.truth["events"] if e["op"] == "pmem"]
+    section = prog["mem_section"][0][pmem["start"] // X86_64_SECTION_SIZE]
+    flags = section.section_mem_map.value_() & 0x1F
+    device_taint = TAINT_ZONE_DEVICE if cell.meta["kernel"] != "5.10" else 0
+    assert flags == PRESENT | HAS_MEM_MAP | device_taint
+    assert section.usage.subsection_map[0].value_() == (1 << (SUBSECTIONS_PER_SECTION - 1)) - 1
+
+
 @pytest.mark.parametrize("cell", cells_of("boot", "hotplug"), indirect=True, ids=ids)
 def test_two_numa_nodes_online(cell):
     assert [(n["node"], n["online"]) for n in cell.truth["nodes"]] == [(0, True), (1, True)]
@@ -140,10 +164,6 @@ def test_arm64_nomap_efi_ranges_flagged_in_boot_memblock(cell):
 
 
 # --- crash cross-check ------------------------------------------------------
-
-# x86_64 SECTION_SIZE_BITS (arch/x86/include/asm/sparsemem.h).
-X86_64_SECTION_SIZE = 1 << 27
-
 
 def crash_kmem_n(cell) -> str:
     proc = subprocess.run(["crash", "-s", str(cell.vmlinux), str(cell.kdump)], input="kmem -n\nquit\n",
