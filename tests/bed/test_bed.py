@@ -195,3 +195,33 @@ def test_crash_lists_the_same_sections_and_memory_blocks(cell):
     per_block = truth["block_size_bytes"] // X86_64_SECTION_SIZE
     expected_sections = {b["block"] * per_block + i for b in truth["memory_blocks"] for i in range(per_block)}
     assert crash_sections(kmem_n) == expected_sections
+
+
+# --- arm64 struct pages of NOMAP memory ---------------------------------------
+
+def nomap_pfn_ranges(truth: dict) -> list[tuple[int, int]]:
+    page = truth["page_size"]
+    return [(r["base"] // page, -(-(r["base"] + r["size"]) // page))
+            for r in truth["memblock_boot"]["memory"] if r["flags"] & 0x4]
+
+
+def within(rng: tuple[int, int], ranges: list[list[int]]) -> bool:
+    return any(lo <= rng[0] and rng[1] <= hi for lo, hi in ranges)
+
+
+def overlaps(rng: tuple[int, int], ranges: list[list[int]]) -> bool:
+    return any(lo < rng[1] and rng[0] < hi for lo, hi in ranges)
+
+
+@pytest.mark.parametrize("cell", [c for c in cells_of("boot") if c[0] == "arm64"], indirect=True, ids=ids)
+def test_arm64_nomap_struct_pages(cell):
+    """5.10's arm64 pfn_valid() asks memblock_is_map_memory(), so /proc/kpageflags
+    reports NOMAP pfns as no page; since v5.14 ("arm64: decouple check whether pfn
+    is in linear map from pfn_valid()") they are valid, reserved pages."""
+    truth = cell.truth
+    nomap = nomap_pfn_ranges(truth)
+    assert nomap
+    if truth["kernel"] == "5.10":
+        assert all(within(r, truth["no_page_ranges"]) for r in nomap)
+    else:
+        assert not any(overlaps(r, truth["no_page_ranges"]) for r in nomap)
