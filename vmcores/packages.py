@@ -293,6 +293,8 @@ def unpack_kernel(apt: AptRoot, arch: str, series: str, abi: str, version: str, 
     (tmp / "kernel.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(kdir, ignore_errors=True)
     tmp.rename(kdir)
+    # The -dbg package (~280 MB) is mostly module debug info the bed never reads.
+    dbg_deb.unlink()
 
 
 def extract_image_package(deb: Path, abi: str, out: Path) -> dict[str, list[str]]:
