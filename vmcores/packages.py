@@ -84,6 +84,9 @@ class AptRoot:
             "-o", f"APT::Architecture={self.deb_arch}",
             # The private state is ours alone: apt's system-wide lock is not needed.
             "-o", "Debug::NoLocking=1",
+            # apt's _apt sandbox user cannot run the signature check in every
+            # cache location (seen: "gpgv ... required" under a 0755 directory).
+            "-o", "APT::Sandbox::User=root",
         ]
 
     def ensure_lists(self) -> None:
