@@ -140,6 +140,7 @@ def prune_older_cells(newest: Path, keep: int = 2) -> None:
                     key=lambda p: p.stat().st_mtime, reverse=True)
     for old in builds[keep:]:
         shutil.rmtree(old.parent, ignore_errors=True)
+        (cells_dir() / f".{old.parent.name}.lock").unlink(missing_ok=True)
 
 
 def guest_spec(k: Kernel, scenario: str, workdir: Path) -> GuestSpec:
