@@ -79,8 +79,8 @@ def start(args) -> int:
     with start_live(cell) as guest:
         print(f"vmlinux:   {cell.vmlinux}")
         print(f"drgn:      drgn --qemu {guest.drgn_qmp_socket} -s {cell.vmlinux}")
-        print(f"gdb:       gdb {cell.vmlinux} -ex 'target remote 127.0.0.1:{guest.gdb_port}'"
-              f" (symbol-file -o {guest.kaslr_offset:#x})")
+        print(f"gdb:       gdb -ex 'symbol-file -o {guest.kaslr_offset:#x} {cell.vmlinux}'"
+              f" -ex 'target remote 127.0.0.1:{guest.gdb_port}'")
         print(f"qmp:       {guest.drgn_qmp_socket}")
         print(f"gdb port:  {guest.gdb_port}")
         print("running; Ctrl-C stops the guest", flush=True)
