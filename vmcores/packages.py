@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import lzma
 import mmap
@@ -24,6 +26,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 DEBIAN = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
@@ -276,9 +279,20 @@ def resolved_kernel(arch: str, series: str) -> tuple[str, str]:
     return abi, version
 
 
+@contextlib.contextmanager
+def package_lock() -> Iterator[None]:
+    """Serialize apt updates, downloads and unpacking between processes (parallel
+    test sessions, helpers) sharing one cache."""
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / ".packages.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def fetch_kernel(arch: str, series: str) -> Kernel:
     """Resolve, download (once) and unpack (once) a cloud kernel of a series."""
-    abi, version = resolved_kernel(arch, series)
+    with package_lock():
+        abi, version = resolved_kernel(arch, series)
     return Kernel(arch, series, abi, version, cache_root() / "kernels" / f"{abi}-{version}-{arch}")
 
 
@@ -405,6 +419,11 @@ def fetch_busybox(arch: str) -> Path:
     >>> fetch_busybox("x86_64").name                  # doctest: +SKIP
     'busybox'
     """
+    with package_lock():
+        return unpacked_busybox(arch)
+
+
+def unpacked_busybox(arch: str) -> Path:
     apt = AptRoot([(DEBIAN, "bookworm")], DEB_ARCH[arch])
     apt.ensure_lists()
     version = apt.remembered("busybox-static", lambda: apt.version("busybox-static"))
