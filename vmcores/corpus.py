@@ -181,6 +181,8 @@ def pin_source(source: Source, scratch: Path) -> Source:
         if path is None:
             return None
         pinned = scratch / f"{source.name}-{Path(path).name}"
+        if pinned.exists():
+            return str(pinned)
         try:
             os.link(path, pinned)
         except OSError:
