@@ -16,10 +16,11 @@ Targets are 64-bit little-endian (x86_64, aarch64), as the model assumes.
 from __future__ import annotations
 
 import bisect
+import operator
 import re
 import struct
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from . import kernels, vmcoreinfo
 from .model import (KernelFacts, MemblockRegion, MemblockType, MemoryBlock, Node, NodeLink, Model, Section,
@@ -296,15 +297,29 @@ def walk_list(target: Target, head: int, limit: int = 1 << 22) -> Iterator[int]:
 
 
 def walk_rbtree(target: Target, root: int, limit: int = 1 << 22) -> List[int]:
-    """Addresses of the ``rb_node``s of an ``rb_root`` in order (left child at +16, right at +8).
+    """Addresses of the ``rb_node``s of an ``rb_root`` in order (left child at +16, right at +8),
+    each link read as one word.
 
     Raises ReadError when a node is reached twice (a corrupt link made a
     cycle) or the tree holds more than ``limit`` nodes.
     """
+    return rbtree_inorder(read_word(target, root), lambda node: read_word(target, node + 16),
+                          lambda node: read_word(target, node + 8), root, limit)
+
+
+def rbtree_inorder(first: int, left_of: Callable[[int], int], right_of: Callable[[int], int],
+                   root: int, limit: int = 1 << 22) -> List[int]:
+    """The ``rb_node``s under ``first`` (the ``rb_node`` of the ``rb_root`` at
+    ``root``) in order, their links told by ``left_of`` and ``right_of``.
+
+    >>> links = {0x20: (0x10, 0x30), 0x10: (0, 0), 0x30: (0, 0)}
+    >>> [hex(n) for n in rbtree_inorder(0x20, lambda n: links[n][0], lambda n: links[n][1], 0x100)]
+    ['0x10', '0x20', '0x30']
+    """
     out: List[int] = []
     stack: List[int] = []
     seen = set()
-    node = read_word(target, root)
+    node = first
     while stack or node:
         while node:
             if node in seen:
@@ -313,10 +328,10 @@ def walk_rbtree(target: Target, root: int, limit: int = 1 << 22) -> List[int]:
                 raise ReadError(root, WORD, f"rbtree at {root:#x} larger than {limit} nodes")
             seen.add(node)
             stack.append(node)
-            node = read_word(target, node + 16)
+            node = left_of(node)
         node = stack.pop()
         out.append(node)
-        node = read_word(target, node + 8)
+        node = right_of(node)
     return out
 
 
@@ -378,21 +393,66 @@ class KernfsLayout:
     removing_flag: Optional[int]
 
 
-@dataclass(frozen=True)
-class KernfsNode:
+class KernfsNode(NamedTuple):
+    """The fields of a ``struct kernfs_node`` the reader uses.
+
+    ``rb_right``/``rb_left`` are its ``rb_node`` links among its siblings and
+    ``children`` the first ``rb_node`` of its own children (a directory's):
+    decoded from the bytes already read, so walking a directory costs one
+    read per child. A tuple, not a dataclass: 500K of them at 64 TB.
+    """
+
     address: int
     active: int
     parent: int
     name_address: int
     target_kn: int
     flags: int
+    rb_right: int = 0
+    rb_left: int = 0
+    children: int = 0
 
 
-def decode_kernfs_node(data: bytes, address: int, layout: KernfsLayout) -> KernfsNode:
-    return KernfsNode(address=address, active=int_at(data, layout.active),
-                      parent=word_at(data, layout.parent), name_address=word_at(data, layout.name),
-                      target_kn=word_at(data, layout.target_kn),
-                      flags=uint_at(data, layout.flags, 2))
+def kernfs_fields(layout: KernfsLayout) -> Dict[str, Tuple[int, str]]:
+    """Offset and struct format of each KernfsNode field in a ``struct kernfs_node``."""
+    return {"active": (layout.active, "i"), "parent": (layout.parent, "Q"),
+            "name_address": (layout.name, "Q"), "target_kn": (layout.target_kn, "Q"),
+            "flags": (layout.flags, "H"), "rb_right": (layout.rb + 8, "Q"),
+            "rb_left": (layout.rb + 16, "Q"), "children": (layout.children, "Q")}
+
+
+def fields_unpacker(fields: Dict[str, Tuple[int, str]]) -> Callable[[bytes], Tuple[int, ...]]:
+    """A function decoding the named fields (offset, struct format) from a
+    struct's bytes in one ``unpack``, returned in the order of ``fields``.
+
+    >>> fields_unpacker({"b": (8, "Q"), "a": (2, "h")})(bytes(2) + b"\\xff\\xff" + bytes(4) + bytes([9]) + bytes(7))
+    (9, -1)
+    """
+    by_offset = sorted(fields, key=lambda name: fields[name][0])
+    fmt, end = "<", 0
+    for name in by_offset:
+        offset, code = fields[name]
+        if offset < end:
+            raise ReadError(0, 0, f"overlapping struct members at offset {offset}")
+        fmt += f"{offset - end}x{code}" if offset > end else code
+        end = offset + struct.calcsize("<" + code)
+    unpack = struct.Struct(fmt).unpack_from
+    reorder = operator.itemgetter(*(by_offset.index(name) for name in fields))
+    return lambda data: reorder(unpack(data))
+
+
+def kernfs_node_decoder(layout: KernfsLayout) -> Callable[[bytes, int], KernfsNode]:
+    """A function making the KernfsNode at an address from the bytes of its
+    ``struct kernfs_node``: one struct unpack per node.
+
+    >>> lay = KernfsLayout(128, 4, 8, 16, 24, 72, 64, 112, 4, 15, 0x4000)
+    >>> decode = kernfs_node_decoder(lay)
+    >>> decode(bytes(112) + (4).to_bytes(2, "little") + bytes(14), 0x1000).flags
+    4
+    """
+    unpack = fields_unpacker(kernfs_fields(layout))
+    make = KernfsNode._make
+    return lambda data, address: make((address, *unpack(data)))
 
 
 def kernfs_dead_reasons(kn: KernfsNode, in_parent: bool, layout: KernfsLayout) -> Tuple[str, ...]:
@@ -425,22 +485,38 @@ class KernfsReader:
         self.layout = layout
         self.page_size = page_size
         self.max_children = max_children
+        self._decode = kernfs_node_decoder(layout)
         self._nodes: Dict[int, KernfsNode] = {}
         self._children: Dict[int, frozenset] = {}
 
     def node(self, address: int) -> KernfsNode:
-        if address not in self._nodes:
-            data = self.target.read(address, self.layout.sizeof_node)
-            self._nodes[address] = decode_kernfs_node(data, address, self.layout)
-        return self._nodes[address]
+        kn = self._nodes.get(address)
+        if kn is None:
+            kn = self._nodes[address] = self._decode(
+                self.target.read(address, self.layout.sizeof_node), address)
+        return kn
 
     def name(self, kn: KernfsNode) -> str:
         return read_cstring(self.target, kn.name_address, page_size=self.page_size)
 
     def children(self, directory: int) -> List[KernfsNode]:
-        rb_nodes = walk_rbtree(self.target, directory + self.layout.children, self.max_children)
-        self._children[directory] = frozenset(rb - self.layout.rb for rb in rb_nodes)
-        return [self.node(rb - self.layout.rb) for rb in rb_nodes]
+        """The children of a directory in rbtree order, each ``kernfs_node``
+        read once (its sibling links come from the same bytes).
+
+        When a read fails the tree is walked again word by word, so the
+        error names the very link that could not be read.
+        """
+        rb = self.layout.rb
+        try:
+            rb_nodes = rbtree_inorder(self.node(directory).children,
+                                      lambda node: self.node(node - rb).rb_left,
+                                      lambda node: self.node(node - rb).rb_right,
+                                      directory + self.layout.children, self.max_children)
+        except ReadError:
+            rb_nodes = walk_rbtree(self.target, directory + self.layout.children,
+                                   self.max_children)
+        self._children[directory] = frozenset(node - rb for node in rb_nodes)
+        return [self.node(node - rb) for node in rb_nodes]
 
     def in_parent(self, kn: KernfsNode) -> bool:
         if not kn.parent:
@@ -556,7 +632,8 @@ def read_links(kernfs: KernfsReader, nodes: Sequence[Node], blocks: Sequence[Mem
             unreadable.append(Unreadable(f"kernfs children of {direction.split('-')[0]}{number}",
                                          error.reason, directory))
             continue
-        for kn in children:
+        # Only a link can be a node/block link: attribute names are never read.
+        for kn in filter(kernfs.is_link, children):
             try:
                 name = kernfs.name(kn)
             except ReadError as error:
