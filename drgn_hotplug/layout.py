@@ -110,6 +110,52 @@ def read_cstring(target: Target, address: int, limit: int = 256, page_size: int 
     return data.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+class PageCache:
+    """A Target's ``read`` served from whole pages, each page read once.
+
+    Kernel objects of one kind share slab pages (32 kernfs_nodes to a 4 KiB
+    page), so walking 400K of them costs 12K reads instead of 400K. A page
+    that cannot be read whole falls back to the exact read, so errors and
+    partial readability stay those of the target.
+
+    >>> class Memory:
+    ...     reads = 0
+    ...     def read(self, address, size):
+    ...         Memory.reads += 1
+    ...         return bytes((address + i) % 256 for i in range(size))
+    >>> cache = PageCache(Memory(), 4096)
+    >>> cache.read(0x1010, 2), cache.read(0x1ffe, 4), Memory.reads
+    (b'\\x10\\x11', b'\\xfe\\xff\\x00\\x01', 2)
+    """
+
+    def __init__(self, target: Target, page_size: int):
+        self.target = target
+        self.page_size = page_size
+        self._pages: Dict[int, Optional[bytes]] = {}
+
+    def read(self, address: int, size: int) -> bytes:
+        offset = address % self.page_size
+        first = address - offset
+        data = self._page(first)
+        if data is not None and offset + size > self.page_size:
+            data = self._span(first, offset + size)
+        if data is None:
+            return self.target.read(address, size)
+        return data[offset:offset + size]
+
+    def _page(self, address: int) -> Optional[bytes]:
+        if address not in self._pages:
+            try:
+                self._pages[address] = self.target.read(address, self.page_size)
+            except ReadError:
+                self._pages[address] = None
+        return self._pages[address]
+
+    def _span(self, first: int, length: int) -> Optional[bytes]:
+        pages = [self._page(at) for at in range(first, first + length, self.page_size)]
+        return None if None in pages else b"".join(pages)
+
+
 def coalesce(addresses: Sequence[int], size: int, max_span: int = 1 << 16) -> List[Tuple[int, int]]:
     """Group reads of ``size`` bytes at ``addresses`` into few (start, length) spans.
 
@@ -481,7 +527,7 @@ class KernfsReader:
 
     def __init__(self, target: Target, layout: KernfsLayout, page_size: int,
                  max_children: int = 1 << 22):
-        self.target = target
+        self.target = PageCache(target, page_size)
         self.layout = layout
         self.page_size = page_size
         self.max_children = max_children
