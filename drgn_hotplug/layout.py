@@ -166,12 +166,16 @@ def coalesce(addresses: Sequence[int], size: int, max_span: int = 1 << 16) -> Li
     [(4096, 48), (36864, 16)]
     """
     spans: List[Tuple[int, int]] = []
+    start = end = None
     for address in sorted(set(addresses)):
-        if spans and address + size - spans[-1][0] <= max_span and address >= spans[-1][0]:
-            start, _ = spans[-1]
-            spans[-1] = (start, max(spans[-1][1], address + size - start))
-        else:
-            spans.append((address, size))
+        if start is not None and address + size - start <= max_span:
+            end = address + size
+            continue
+        if start is not None:
+            spans.append((start, end - start))
+        start, end = address, address + size
+    if start is not None:
+        spans.append((start, end - start))
     return spans
 
 
@@ -201,15 +205,14 @@ def decode_section_root(data: bytes, first_nr: int, root_address: int,
     """
     words = decode_words(data)
     per = layout.sizeof_section // WORD
-    present = []
-    for i in range(len(words) // per):
-        mem_map = words[i * per]
-        if not mem_map:
-            continue
-        usage = (words[i * per + layout.usage_offset // WORD]
-                 if layout.usage_offset is not None else None)
-        present.append((first_nr + i, root_address + i * layout.sizeof_section, mem_map, usage or None))
-    return present
+    count = len(words) // per
+    # Every mem_section's words at once: a strided slice per field.
+    mem_maps = words[0:count * per:per]
+    usages = ((None,) * count if layout.usage_offset is None
+              else words[layout.usage_offset // WORD:count * per:per])
+    size = layout.sizeof_section
+    return [(first_nr + i, root_address + i * size, mem_map, usage or None)
+            for i, (mem_map, usage) in enumerate(zip(mem_maps, usages)) if mem_map]
 
 
 def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sections: int,
@@ -235,10 +238,29 @@ def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sectio
             continue
         raw.extend(decode_section_root(data, root_nr * per_root, root, layout))
     maps = _subsection_maps(target, [usage for *_, usage in raw if usage], layout, unreadable)
-    return [Section(nr=nr, address=address, mem_map=mem_map,
-                    flags=kernels.decode_section_flags(mem_map, layout.flag_bits),
-                    usage_address=usage, subsection_map=maps.get(usage))
+    flags_of = section_flags_decoder(layout.flag_bits)
+    return [Section(nr, address, mem_map, flags_of(mem_map), usage, maps.get(usage))
             for nr, address, mem_map, usage in raw]
+
+
+def section_flags_decoder(flag_bits: Dict[str, int]) -> Callable[[int], frozenset]:
+    """``kernels.decode_section_flags`` decoding each distinct combination of
+    flag bits once: 512K sections hold a handful of combinations.
+
+    >>> flags_of = section_flags_decoder({"MARKED_PRESENT": 0, "HAS_MEM_MAP": 1})
+    >>> sorted(flags_of(0xffffea0000000003)), flags_of(0x3) is flags_of(0x1003)
+    (['HAS_MEM_MAP', 'MARKED_PRESENT'], True)
+    """
+    mask = (1 << max(flag_bits.values(), default=-1) + 1) - 1
+    decoded: Dict[int, frozenset] = {}
+
+    def flags_of(mem_map: int) -> frozenset:
+        low = mem_map & mask
+        flags = decoded.get(low)
+        if flags is None:
+            flags = decoded[low] = kernels.decode_section_flags(low, flag_bits)
+        return flags
+    return flags_of
 
 
 def _section_roots(target: Target, mem_section: int, extreme: bool, nr_roots: int,
@@ -256,26 +278,24 @@ def _subsection_maps(target: Target, usages: Sequence[int], layout: SectionLayou
                      unreadable: List[Unreadable]) -> Dict[int, int]:
     if layout.subsection_map_offset is None:
         return {}
-    size = layout.subsection_map_bytes
+    size, offset = layout.subsection_map_bytes, layout.subsection_map_offset
     maps: Dict[int, int] = {}
-    spans = coalesce([u + layout.subsection_map_offset for u in usages], size)
-    wanted = {u + layout.subsection_map_offset: u for u in usages}
+    addresses = sorted({usage + offset for usage in usages})
     # Spans and addresses are both sorted: each span takes the next run of
     # addresses (a scan of every address per span is quadratic at 512K sections).
-    addresses = sorted(wanted)
     first = 0
-    for start, length in spans:
+    for start, length in coalesce(addresses, size):
+        last = bisect.bisect_left(addresses, start + length, first)
+        inside, first = addresses[first:last], last
         try:
             data = target.read(start, length)
         except ReadError:
-            data = None
-        last = bisect.bisect_left(addresses, start + length, first)
-        inside, first = addresses[first:last], last
+            for address in inside:
+                _read_one_map(target, address - offset, address, size, maps, unreadable)
+            continue
         for address in inside:
-            if data is not None:
-                maps[wanted[address]] = uint_at(data, address - start, size)
-            else:
-                _read_one_map(target, wanted[address], address, size, maps, unreadable)
+            at = address - start
+            maps[address - offset] = int.from_bytes(data[at:at + size], "little")
     return maps
 
 
