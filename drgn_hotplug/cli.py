@@ -22,6 +22,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import checks, report
+from .layout import collector_paused
 from .model import Model
 
 COMMANDS = ("check", "sections", "memblock", "blocks", "links", "explain")
@@ -66,6 +67,14 @@ def render_command(model: Model, command: str, location: Optional[str] = None,
     >>> status
     1
     """
+    # The model of a 64 TB machine is a million objects: collections during
+    # the checks would walk them all again (as while reading, layout.py).
+    with collector_paused():
+        return _render_command(model, command, location, as_json, version)
+
+
+def _render_command(model: Model, command: str, location: Optional[str],
+                    as_json: bool, version: str) -> Tuple[str, int]:
     findings = checks.run_checks(model)
     status = report.EXIT_CLEAN
     extra: Dict[str, Any] = {}

@@ -16,6 +16,8 @@ Targets are 64-bit little-endian (x86_64, aarch64), as the model assumes.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import operator
 import re
 import struct
@@ -747,6 +749,28 @@ def read_model(target: Target) -> Model:
     Raises ReadError only when the kernel cannot be identified at all
     (no readable ``vmcoreinfo_data`` or ``init_uts_ns``).
     """
+    with collector_paused():
+        return _read_model(target)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a model is read.
+
+    Reading a 64 TB machine creates a million objects, none in a cycle; each
+    collection would walk all those already made again (a quarter of the
+    reading time at 512K sections).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read_model(target: Target) -> Model:
     unreadable: List[Unreadable] = []
     facts = read_kernel_facts(target)
     sections = read_sections(target, mem_section_roots(target), facts.sparsemem_extreme,
