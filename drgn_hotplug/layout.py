@@ -113,7 +113,8 @@ def read_cstring(target: Target, address: int, limit: int = 256, page_size: int 
 
 
 class PageCache:
-    """A Target's ``read`` served from whole pages, each page read once.
+    """A Target whose ``read`` is served from whole pages, each page read once
+    (the other questions go to the target itself).
 
     Kernel objects of one kind share slab pages (32 kernfs_nodes to a 4 KiB
     page), so walking 400K of them costs 12K reads instead of 400K. A page
@@ -135,10 +136,13 @@ class PageCache:
         self.page_size = page_size
         self._pages: Dict[int, Optional[bytes]] = {}
 
+    def __getattr__(self, name: str):
+        return getattr(self.target, name)
+
     def read(self, address: int, size: int) -> bytes:
         offset = address % self.page_size
         first = address - offset
-        data = self._page(first)
+        data = self._pages[first] if first in self._pages else self._page(first)
         if data is not None and offset + size > self.page_size:
             data = self._span(first, offset + size)
         if data is None:
@@ -371,21 +375,22 @@ def walk_rbtree(target: Target, root: int, limit: int = 1 << 22) -> List[int]:
     Raises ReadError when a node is reached twice (a corrupt link made a
     cycle) or the tree holds more than ``limit`` nodes.
     """
-    return rbtree_inorder(read_word(target, root), lambda node: read_word(target, node + 16),
-                          lambda node: read_word(target, node + 8), root, limit)
+    return rbtree_inorder(read_word(target, root),
+                          lambda node: (read_word(target, node + 16), read_word(target, node + 8)),
+                          root, limit)
 
 
-def rbtree_inorder(first: int, left_of: Callable[[int], int], right_of: Callable[[int], int],
-                   root: int, limit: int = 1 << 22) -> List[int]:
+def rbtree_inorder(first: int, links: Callable[[int], Tuple[int, int]], root: int,
+                   limit: int = 1 << 22) -> List[int]:
     """The ``rb_node``s under ``first`` (the ``rb_node`` of the ``rb_root`` at
-    ``root``) in order, their links told by ``left_of`` and ``right_of``.
+    ``root``) in order; ``links(node)`` tells its (left, right) children.
 
     >>> links = {0x20: (0x10, 0x30), 0x10: (0, 0), 0x30: (0, 0)}
-    >>> [hex(n) for n in rbtree_inorder(0x20, lambda n: links[n][0], lambda n: links[n][1], 0x100)]
+    >>> [hex(n) for n in rbtree_inorder(0x20, links.get, 0x100)]
     ['0x10', '0x20', '0x30']
     """
     out: List[int] = []
-    stack: List[int] = []
+    stack: List[Tuple[int, int]] = []
     seen = set()
     node = first
     while stack or node:
@@ -395,11 +400,12 @@ def rbtree_inorder(first: int, left_of: Callable[[int], int], right_of: Callable
             if len(seen) >= limit:
                 raise ReadError(root, WORD, f"rbtree at {root:#x} larger than {limit} nodes")
             seen.add(node)
-            stack.append(node)
-            node = left_of(node)
-        node = stack.pop()
+            left, right = links(node)
+            stack.append((node, right))
+            node = left
+        node, right = stack.pop()
         out.append(node)
-        node = right_of(node)
+        node = right
     return out
 
 
@@ -575,10 +581,12 @@ class KernfsReader:
         error names the very link that could not be read.
         """
         rb = self.layout.rb
+
+        def links(rb_node: int) -> Tuple[int, int]:
+            kn = self.node(rb_node - rb)
+            return kn.rb_left, kn.rb_right
         try:
-            rb_nodes = rbtree_inorder(self.node(directory).children,
-                                      lambda node: self.node(node - rb).rb_left,
-                                      lambda node: self.node(node - rb).rb_right,
+            rb_nodes = rbtree_inorder(self.node(directory).children, links,
                                       directory + self.layout.children, self.max_children)
         except ReadError:
             rb_nodes = walk_rbtree(self.target, directory + self.layout.children,
@@ -1030,6 +1038,8 @@ def read_memory_blocks(target: Target, facts: KernelFacts,
                        unreadable: List[Unreadable]) -> List[MemoryBlock]:
     """Memory blocks from the memory bus, cross-checked with the xarray."""
     layout = block_layout(target)
+    # Blocks, their bus list nodes and xa_nodes are slab objects sharing pages.
+    target = PageCache(target, facts.page_size)
     try:
         on_bus = [dev - layout.dev for dev in memory_bus_devices(target, max_memory_blocks(facts))]
     except ReadError as error:
