@@ -244,29 +244,21 @@ def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sectio
             continue
         raw.extend(decode_section_root(data, root_nr * per_root, root, layout))
     maps = _subsection_maps(target, [usage for *_, usage in raw if usage], layout, unreadable)
-    flags_of = section_flags_decoder(layout.flag_bits)
-    return [Section(nr, address, mem_map, flags_of(mem_map), usage, maps.get(usage))
+    mask = flag_bits_mask(layout.flag_bits)
+    flags = {low: kernels.decode_section_flags(low, layout.flag_bits)
+             for low in {mem_map & mask for _, _, mem_map, _ in raw}}
+    # Flags decoded once per distinct combination: 512K sections hold a handful.
+    return [Section(nr, address, mem_map, flags[mem_map & mask], usage, maps.get(usage))
             for nr, address, mem_map, usage in raw]
 
 
-def section_flags_decoder(flag_bits: Dict[str, int]) -> Callable[[int], frozenset]:
-    """``kernels.decode_section_flags`` decoding each distinct combination of
-    flag bits once: 512K sections hold a handful of combinations.
+def flag_bits_mask(flag_bits: Dict[str, int]) -> int:
+    """The low bits of ``section_mem_map`` that hold the named flags.
 
-    >>> flags_of = section_flags_decoder({"MARKED_PRESENT": 0, "HAS_MEM_MAP": 1})
-    >>> sorted(flags_of(0xffffea0000000003)), flags_of(0x3) is flags_of(0x1003)
-    (['HAS_MEM_MAP', 'MARKED_PRESENT'], True)
+    >>> hex(flag_bits_mask({"MARKED_PRESENT": 0, "IS_EARLY": 3}))
+    '0xf'
     """
-    mask = (1 << max(flag_bits.values(), default=-1) + 1) - 1
-    decoded: Dict[int, frozenset] = {}
-
-    def flags_of(mem_map: int) -> frozenset:
-        low = mem_map & mask
-        flags = decoded.get(low)
-        if flags is None:
-            flags = decoded[low] = kernels.decode_section_flags(low, flag_bits)
-        return flags
-    return flags_of
+    return (1 << max(flag_bits.values(), default=-1) + 1) - 1
 
 
 def _section_roots(target: Target, mem_section: int, extreme: bool, nr_roots: int,
