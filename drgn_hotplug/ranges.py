@@ -168,14 +168,16 @@ def from_section_numbers(numbers: Iterable[int], pfn_section_shift: int) -> Rang
     >>> from_section_numbers([3, 1, 2, 7], 15).ranges
     ((32768, 131072), (229376, 262144))
     """
-    runs: List[Range] = []
-    for nr in sorted(set(numbers)):
-        if runs and runs[-1][1] == nr:
-            runs[-1] = (runs[-1][0], nr + 1)
-        else:
-            runs.append((nr, nr + 1))
+    ordered = sorted(set(numbers))
+    if not ordered:
+        return RangeSet()
+    # A run ends where the next number is not one more: only those pairs
+    # become tuples (512K sections form a few hundred runs).
+    breaks = [(nr, following) for nr, following in zip(ordered, ordered[1:]) if following != nr + 1]
+    starts = [ordered[0]] + [following for _, following in breaks]
+    ends = [nr + 1 for nr, _ in breaks] + [ordered[-1] + 1]
     return RangeSet._from_coalesced([(s << pfn_section_shift, e << pfn_section_shift)
-                                     for s, e in runs])
+                                     for s, e in zip(starts, ends)])
 
 
 def from_byte_regions(regions: Iterable[Tuple[int, int]], page_shift: int) -> RangeSet:
