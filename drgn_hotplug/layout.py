@@ -553,6 +553,7 @@ class KernfsReader:
         self.max_children = max_children
         self._decode = kernfs_node_decoder(layout)
         self._nodes: Dict[int, KernfsNode] = {}
+        self._names: Dict[int, str] = {}
         self._children: Dict[int, frozenset] = {}
 
     def node(self, address: int) -> KernfsNode:
@@ -563,7 +564,12 @@ class KernfsReader:
         return kn
 
     def name(self, kn: KernfsNode) -> str:
-        return read_cstring(self.target, kn.name_address, page_size=self.page_size)
+        # Every memoryM/nodeN link of a node targets the same few directories.
+        name = self._names.get(kn.name_address)
+        if name is None:
+            name = self._names[kn.name_address] = read_cstring(
+                self.target, kn.name_address, page_size=self.page_size)
+        return name
 
     def children(self, directory: int) -> List[KernfsNode]:
         """The children of a directory in rbtree order, each ``kernfs_node``
@@ -572,7 +578,7 @@ class KernfsReader:
         When a read fails the tree is walked again word by word, so the
         error names the very link that could not be read.
         """
-        rb = self.layout.rb
+        rb, nodes = self.layout.rb, self._nodes
 
         def links(rb_node: int) -> Tuple[int, int]:
             kn = self.node(rb_node - rb)
@@ -580,11 +586,13 @@ class KernfsReader:
         try:
             rb_nodes = rbtree_inorder(self.node(directory).children, links,
                                       directory + self.layout.children, self.max_children)
+            children = [nodes[node - rb] for node in rb_nodes]
         except ReadError:
             rb_nodes = walk_rbtree(self.target, directory + self.layout.children,
                                    self.max_children)
-        self._children[directory] = frozenset(node - rb for node in rb_nodes)
-        return [self.node(node - rb) for node in rb_nodes]
+            children = [self.node(node - rb) for node in rb_nodes]
+        self._children[directory] = frozenset(kn.address for kn in children)
+        return children
 
     def in_parent(self, kn: KernfsNode) -> bool:
         if not kn.parent:
