@@ -15,7 +15,6 @@ Targets are 64-bit little-endian (x86_64, aarch64), as the model assumes.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import gc
 import operator
@@ -162,27 +161,26 @@ class PageCache:
         return None if None in pages else b"".join(pages)
 
 
-def coalesce(addresses: Sequence[int], size: int, max_span: int = 1 << 16) -> List[Tuple[int, int]]:
-    """Group reads of ``size`` bytes at ``addresses`` into few (start, length) spans.
+def address_groups(addresses: Sequence[int], size: int,
+                   max_span: int = 1 << 16) -> List[Sequence[int]]:
+    """Cut sorted ``addresses`` into runs whose reads of ``size`` bytes fit
+    in one span of at most ``max_span`` bytes, to be read in one go.
 
     The kernel allocates the ``mem_section_usage`` of a node's early sections
-    in one array, so their subsection maps read in one go.
+    in one array, so their subsection maps read together.
 
-    >>> coalesce([0x1000, 0x1010, 0x1020, 0x9000], 16, max_span=0x100)
-    [(4096, 48), (36864, 16)]
+    >>> address_groups([0x1000, 0x1010, 0x1020, 0x9000], 16, max_span=0x100)
+    [[4096, 4112, 4128], [36864]]
     """
-    spans: List[Tuple[int, int]] = []
-    start = end = None
-    for address in sorted(set(addresses)):
-        if start is not None and address + size - start <= max_span:
-            end = address + size
-            continue
-        if start is not None:
-            spans.append((start, end - start))
-        start, end = address, address + size
-    if start is not None:
-        spans.append((start, end - start))
-    return spans
+    groups: List[Sequence[int]] = []
+    first = 0
+    for i, address in enumerate(addresses):
+        if address + size - addresses[first] > max_span:
+            groups.append(addresses[first:i])
+            first = i
+    if addresses:
+        groups.append(addresses[first:])
+    return groups
 
 
 # ---------------------------------------------------------------- sections
@@ -278,15 +276,10 @@ def _subsection_maps(target: Target, usages: Sequence[int], layout: SectionLayou
         return {}
     size, offset = layout.subsection_map_bytes, layout.subsection_map_offset
     maps: Dict[int, int] = {}
-    addresses = sorted({usage + offset for usage in usages})
-    # Spans and addresses are both sorted: each span takes the next run of
-    # addresses (a scan of every address per span is quadratic at 512K sections).
-    first = 0
-    for start, length in coalesce(addresses, size):
-        last = bisect.bisect_left(addresses, start + length, first)
-        inside, first = addresses[first:last], last
+    for inside in address_groups(sorted({usage + offset for usage in usages}), size):
+        start = inside[0]
         try:
-            data = target.read(start, length)
+            data = target.read(start, inside[-1] + size - start)
         except ReadError:
             for address in inside:
                 _read_one_map(target, address - offset, address, size, maps, unreadable)
