@@ -16,10 +16,9 @@ import sys
 import time
 
 from . import grow
-from .cells import KERNELS, bed_hash, build_cell, cells_dir, matrix, start_live
+from .cells import bed_hash, build_cell, cells_dir, matrix, start_live
 from .packages import PackageError
 from .qmp import ChannelError
-from .scenarios import SCENARIOS
 
 
 def cell_arguments(parser: argparse.ArgumentParser) -> None:

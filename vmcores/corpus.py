@@ -38,7 +38,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .cells import Cell, cells_dir
 from .dumpfmt import DISK_DUMP_HEADER, KDUMP_SUB_HEADER, PAGE_DESC

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import random
 import re
