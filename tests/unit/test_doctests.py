@@ -4,10 +4,10 @@ import doctest
 
 import pytest
 
-from drgn_hotplug import checks, kernels, ranges, report, vmcoreinfo
+from drgn_hotplug import checks, kernels, layout, model, ranges, report, vmcoreinfo
 
 
-@pytest.mark.parametrize("module", [checks, kernels, ranges, report, vmcoreinfo],
+@pytest.mark.parametrize("module", [checks, kernels, layout, model, ranges, report, vmcoreinfo],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module)
