@@ -430,7 +430,6 @@ class _Links:
     """Links indexed both ways, plus the nodes each block belongs to."""
 
     def __init__(self, ctx: _Context):
-        self.ctx = ctx
         self.node_to_block: Dict[Tuple[int, int], List[NodeLink]] = defaultdict(list)
         self.block_to_node: Dict[Tuple[int, int], List[NodeLink]] = defaultdict(list)
         self.by_block: Dict[int, List[NodeLink]] = defaultdict(list)
