@@ -116,7 +116,7 @@ def _active_subsections(kernel: KernelFacts, nonearly: List[Section]) -> RangeSe
     pieces: List[Tuple[int, int]] = []
     for section in nonearly:
         if section.subsection_map is None:
-            pieces.append((section.nr << section_shift, (section.nr + 1) << section_shift))
+            pieces.append(section_range(kernel, section.nr))
         else:
             pieces.extend(subsection_ranges(section.nr, section.subsection_map & mask,
                                             section_shift, sub_shift))
