@@ -517,15 +517,25 @@ def check_orphaned_links(ctx: _Context, links: _Links) -> List[Finding]:
         reason = _orphan_reason(ctx, link)
         if reason is None:
             continue
-        where = (f"node{link.node}/{link.name}" if link.direction == NODE_TO_BLOCK
-                 else f"memory{link.block}/{link.name}")
         findings.append(Finding(
-            kind=ORPHANED_LINK, severity="error", reason=f"{where}: {reason}",
+            kind=ORPHANED_LINK, severity="error", reason=f"{link_path(link)}: {reason}",
             node=link.node, block=link.block,
             facts={"link": _link_facts(link),
                    "block_exists": link.block in ctx.blocks,
                    "node_exists": link.node in ctx.nodes}))
     return findings
+
+
+def link_path(link: NodeLink) -> str:
+    """Where the link sits, relative to /sys/devices/system: under its
+    node's directory or under its block's.
+
+    >>> link_path(NodeLink("block-to-node", 1, 32, "node1", 0, 0, "node1", True, ()))
+    'memory32/node1'
+    """
+    if link.direction == NODE_TO_BLOCK:
+        return f"node{link.node}/{link.name}"
+    return f"memory{link.block}/{link.name}"
 
 
 def _orphan_reason(ctx: _Context, link: NodeLink) -> Optional[str]:

@@ -356,11 +356,9 @@ def render_links(model: Model) -> str:
     """Every node <-> memory block link with its target's liveness."""
     rows = []
     for link in sorted(model.links, key=lambda l: (l.direction, l.node, l.block)):
-        where = (f"node{link.node}/{link.name}" if link.direction == checks.NODE_TO_BLOCK
-                 else f"memory{link.block}/{link.name}")
         state = "live" if link.target_live else "DEAD (" + ", ".join(
             link.target_dead_reasons) + ")"
-        rows.append((where, _hex(link.kn_address), link.target_name or "-",
+        rows.append((checks.link_path(link), _hex(link.kn_address), link.target_name or "-",
                      _hex(link.target_address), state))
     return _table(rows, ("LINK", "KERNFS_NODE", "TARGET", "TARGET_NODE", "TARGET_STATE"))
 
