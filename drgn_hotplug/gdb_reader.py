@@ -240,7 +240,8 @@ def find_kaslr_offset(target: layout.Target, pc: Optional[int], arch: str) -> Op
     candidates = list(kaslr_candidates(pc, text, end, step))
     if arch == "i386:x86-64":
         candidates += range(0, X86_64_KERNEL_IMAGE_SIZE, step)
-    for offset in candidates:
+    # The pc's offsets are slots of the x86_64 range too: try each once.
+    for offset in dict.fromkeys(candidates):
         try:
             if target.read(banner + offset, 14) == b"Linux version " \
                     and offset_fits(target, offset):
