@@ -677,13 +677,23 @@ def link_from_kernfs(direction: str, owner_number: int, kn: KernfsNode, name: st
         except ReadError as error:
             if unreadable is not None:
                 unreadable.append(Unreadable(f"target of the {name} link of "
-                                             f"{direction.split('-')[0]}{owner_number}",
+                                             f"{link_owner(direction, owner_number)}",
                                              error.reason, kn.target_kn))
     return NodeLink(direction=direction, node=node, block=block, name=name,
                     kn_address=kn.address, target_address=kn.target_kn or None,
                     target_name=target_name, target_live=live, target_dead_reasons=reasons,
                     target_block=blocks_by_kn.get(kn.target_kn),
                     target_node=nodes_by_kn.get(kn.target_kn))
+
+
+def link_owner(direction: str, number: int) -> str:
+    """The owner of a link's directory as unreadable entries name it: the
+    first word of the direction and the owner's number.
+
+    >>> link_owner("node-to-block", 1), link_owner("block-to-node", 32)
+    ('node1', 'block32')
+    """
+    return f"{direction.split('-')[0]}{number}"
 
 
 def read_links(kernfs: KernfsReader, nodes: Sequence[Node], blocks: Sequence[MemoryBlock],
@@ -698,7 +708,7 @@ def read_links(kernfs: KernfsReader, nodes: Sequence[Node], blocks: Sequence[Mem
         try:
             children = kernfs.children(directory)
         except ReadError as error:
-            unreadable.append(Unreadable(f"kernfs children of {direction.split('-')[0]}{number}",
+            unreadable.append(Unreadable(f"kernfs children of {link_owner(direction, number)}",
                                          error.reason, directory))
             continue
         # Only a link can be a node/block link: attribute names are never read.
@@ -709,7 +719,7 @@ def read_links(kernfs: KernfsReader, nodes: Sequence[Node], blocks: Sequence[Mem
                 # The directory's listing is incomplete: filed under its kn, so
                 # the checks know not to conclude a link is missing there.
                 unreadable.append(Unreadable(f"kernfs name of a child of "
-                                             f"{direction.split('-')[0]}{number}",
+                                             f"{link_owner(direction, number)}",
                                              error.reason, directory))
                 continue
             link = link_from_kernfs(direction, number, kn, name, kernfs, blocks_by_kn,
