@@ -1189,6 +1189,7 @@ def read_page_nids(target: Target, facts: KernelFacts, sections: Sequence[Sectio
     by_nr = {s.nr: s for s in sections}
     shift = facts.pfn_section_shift
     table = target.symbol("section_to_node_table")
+    element = _section_node_size(target) if table is not None else 0
     flags_offset = _offset(target, "struct page", "flags")
     sizeof_page = target.sizeof("struct page")
     map_mask = ~((1 << section_map_last_bit(target, facts)) - 1)
@@ -1201,7 +1202,7 @@ def read_page_nids(target: Target, facts: KernelFacts, sections: Sequence[Sectio
         page = ((section.mem_map & map_mask) + pfn * sizeof_page) & (1 << 64) - 1
         try:
             if table is not None:
-                nids[pfn] = _section_node(target, table, pfn >> shift)
+                nids[pfn] = _section_node(target, table, element, pfn >> shift)
             else:
                 nids[pfn] = page_flags_nid(read_word(target, page + flags_offset), facts)
         except ReadError as error:
@@ -1209,7 +1210,10 @@ def read_page_nids(target: Target, facts: KernelFacts, sections: Sequence[Sectio
     return nids
 
 
-def _section_node(target: Target, table: int, section_nr: int) -> int:
+def _section_node_size(target: Target) -> int:
     # u8 when MAX_NUMNODES <= 256, else u16 (mm/sparse.c)
-    element = 2 if "short" in (target.symbol_type("section_to_node_table") or "") else 1
+    return 2 if "short" in (target.symbol_type("section_to_node_table") or "") else 1
+
+
+def _section_node(target: Target, table: int, element: int, section_nr: int) -> int:
     return uint_at(target.read(table + section_nr * element, element), 0, element)
