@@ -89,12 +89,24 @@ class PfnSets:
 # ------------------------------------------------------------------ pfn sets
 
 def section_range(kernel: KernelFacts, nr: int) -> Tuple[int, int]:
-    """[start, end) pfns of section ``nr``."""
+    """[start, end) pfns of section ``nr``.
+
+    >>> kernel = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27,
+    ...                      1024, True, True, False)
+    >>> section_range(kernel, 2)
+    (65536, 98304)
+    """
     return nr << kernel.pfn_section_shift, (nr + 1) << kernel.pfn_section_shift
 
 
 def block_range(kernel: KernelFacts, block_id: int) -> Tuple[int, int]:
-    """[start, end) pfns of memory block ``block_id``."""
+    """[start, end) pfns of memory block ``block_id``.
+
+    >>> kernel = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27,
+    ...                      1024, True, True, False)
+    >>> block_range(kernel, 3)
+    (98304, 131072)
+    """
     return block_id * kernel.pages_per_block, (block_id + 1) * kernel.pages_per_block
 
 
