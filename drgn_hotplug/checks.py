@@ -124,7 +124,7 @@ def _active_subsections(kernel: KernelFacts, nonearly: List[Section]) -> RangeSe
     section_shift = kernel.pfn_section_shift
     sub_shift = kernel.subsection_shift - kernel.page_shift
     # Bits past SUBSECTIONS_PER_SECTION would be garbage from a bad read.
-    mask = (1 << (1 << (section_shift - sub_shift))) - 1
+    mask = (1 << subsections_per_section(kernel)) - 1
     pieces: List[Tuple[int, int]] = []
     for section in nonearly:
         if section.subsection_map is None:
@@ -267,9 +267,20 @@ def section_facts(kernel: KernelFacts, section: Section) -> Dict[str, Any]:
              "usage": section.usage_address}
     if section.subsection_map is not None and kernel.subsection_shift:
         facts["subsection_map"] = section.subsection_map
-        facts["subsections_per_section"] = 1 << (kernel.section_size_bits
-                                                 - kernel.subsection_shift)
+        facts["subsections_per_section"] = subsections_per_section(kernel)
     return facts
+
+
+def subsections_per_section(kernel: KernelFacts) -> int:
+    """SUBSECTIONS_PER_SECTION: bits in a section's subsection map (for a
+    kernel with a subsection_shift).
+
+    >>> kernel = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27,
+    ...                      1024, True, True, False)
+    >>> subsections_per_section(kernel)
+    64
+    """
+    return 1 << (kernel.section_size_bits - kernel.subsection_shift)
 
 
 def region_facts(region: MemblockRegion) -> Dict[str, Any]:

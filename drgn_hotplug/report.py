@@ -295,7 +295,7 @@ def subsection_text(kernel: KernelFacts, bitmap: Optional[int]) -> str:
     its hex bits, e.g. "0xffffffff00000000" for arm64 6.1's section 0."""
     if bitmap is None or not kernel.subsection_shift:
         return "-"
-    count = 1 << (kernel.section_size_bits - kernel.subsection_shift)
+    count = checks.subsections_per_section(kernel)
     if bitmap == (1 << count) - 1:
         return f"all {count}"
     return "none" if bitmap == 0 else f"{bitmap:#x}"
