@@ -690,7 +690,12 @@ def _run_all(ctx: _Context) -> List[Finding]:
 def skipped_checks(model: Model) -> List[Dict[str, str]]:
     """Checks that could not run on this model, each with why.
 
-    >>> # [{"check": "memblock-without-memmap", "reason": "memblock unavailable ..."}]
+    >>> kernel = KernelFacts("x86_64", "6.1.0-27-cloud-amd64", (6, 1, 115), 4096, 27, 46,
+    ...                      1 << 19, 21, 1 << 27, 1024, True, True, False)
+    >>> discarded = MemblockType("memory", 0, 0, 128, (), False, "discarded")
+    >>> [(s["check"], s["reason"]) for s in skipped_checks(Model(kernel, [], discarded,
+    ...  discarded, [], [], []))][:2]
+    [('memblock-without-memmap', 'discarded'), ('memmap-without-memblock', 'discarded')]
     """
     skipped = []
     memory = model.memblock_memory
