@@ -718,7 +718,12 @@ def skipped_checks(model: Model) -> List[Dict[str, str]]:
 def explain(model: Model, pfn: int) -> Dict[str, Any]:
     """Every predicate for one pfn, with the kernel objects behind it.
 
-    >>> # explain(model, 0x40000)["pfn_valid"] -> {"value": True, "rule": ...}
+    >>> kernel = KernelFacts("x86_64", "6.1.0-27-cloud-amd64", (6, 1, 115), 4096, 27, 46,
+    ...                      1 << 19, 21, 1 << 27, 1024, True, True, False)
+    >>> discarded = MemblockType("memory", 0, 0, 128, (), False, "discarded")
+    >>> facts = explain(Model(kernel, [], discarded, discarded, [], [], []), 0x40000)
+    >>> facts["section"], facts["pfn_valid"]["value"], facts["pfn_valid"]["rule"]
+    ({'nr': 8, 'present': False}, False, 'generic-subsection')
     """
     sets = pfn_sets(model)
     ctx = _Context(model, sets)
