@@ -1043,13 +1043,14 @@ def read_memory_blocks(target: Target, facts: KernelFacts,
     layout = block_layout(target)
     # Blocks, their bus list nodes and xa_nodes are slab objects sharing pages.
     target = PageCache(target, facts.page_size)
+    limit = max_memory_blocks(facts)
     try:
-        on_bus = [dev - layout.dev for dev in memory_bus_devices(target, max_memory_blocks(facts))]
+        on_bus = [dev - layout.dev for dev in memory_bus_devices(target, limit)]
     except ReadError as error:
         unreadable.append(Unreadable("memory bus device list", error.reason, error.address))
         on_bus = []
     try:
-        in_xarray = memory_blocks_xarray(target, max_memory_blocks(facts))
+        in_xarray = memory_blocks_xarray(target, limit)
     except ReadError as error:
         unreadable.append(Unreadable("memory_blocks xarray", error.reason, error.address))
         in_xarray = None
