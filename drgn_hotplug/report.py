@@ -229,8 +229,12 @@ def render_kernel(kernel: KernelFacts) -> str:
             f"pfn_valid() model: {kernels.rule_for(kernel).name}")
 
 
-def finding_location(finding: Finding, page_shift: int) -> str:
-    """Where a finding is: a hex pfn range or nodeN/memoryM."""
+def finding_location(finding: Finding) -> str:
+    """Where a finding is: a hex pfn range or nodeN/memoryM.
+
+    >>> finding_location(Finding("orphaned-link", "error", "gone", node=1, block=32))
+    'node1/memory32'
+    """
     if finding.start_pfn is not None and finding.end_pfn is not None:
         return f"pfn {pfn_range(finding.start_pfn, finding.end_pfn)}"
     node = "node?" if finding.node is None or finding.node < 0 else f"node{finding.node}"
@@ -248,7 +252,7 @@ def render_findings(findings: Sequence[Finding], kernel: KernelFacts) -> str:
     if not findings:
         return "no findings"
     shift = kernel.page_shift
-    rows = [(f.severity, f.kind, finding_location(f, shift), finding_size(f, shift), f.reason)
+    rows = [(f.severity, f.kind, finding_location(f), finding_size(f, shift), f.reason)
             for f in findings]
     return _table(rows, ("SEVERITY", "KIND", "WHERE", "SIZE", "REASON"))
 
