@@ -533,7 +533,7 @@ def _link_facts(link: NodeLink) -> Dict[str, Any]:
             "target_block": link.target_block, "target_node": link.target_node}
 
 
-def check_orphaned_links(ctx: _Context, links: _Links) -> List[Finding]:
+def check_orphaned_links(ctx: _Context) -> List[Finding]:
     """Links whose target kernfs node is dead, or whose block/node is gone."""
     findings = []
     for link in ctx.model.links:
@@ -680,7 +680,7 @@ def _run_all(ctx: _Context) -> List[Finding]:
     links = _Links(ctx)
     findings = (check_pfn_valid_mismatch(ctx) + check_not_linear_mapped(ctx)
                 + check_memblock_without_memmap(ctx) + check_memmap_without_memblock(ctx)
-                + check_orphaned_links(ctx, links) + check_missing_links(ctx, links)
+                + check_orphaned_links(ctx) + check_missing_links(ctx, links)
                 + check_wrong_node_links(ctx, links))
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(findings, key=lambda f: (order[f.kind], f.start_pfn or 0,
