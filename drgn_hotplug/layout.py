@@ -1100,7 +1100,7 @@ def read_nodes(target: Target, facts: KernelFacts, unreadable: List[Unreadable])
     """``node_devices[]`` (one read) and which nodes are online (``node_states[N_ONLINE]``)."""
     array = _require(target, "node_devices")
     pointers = decode_words(target.read(array, facts.max_numnodes * WORD))
-    online = _online_nodes(target, facts, unreadable)
+    online = _online_nodes(target, unreadable)
     kn = _offset(target, "struct node", "dev.kobj.sd")
 
     def kn_of(node: int) -> Optional[int]:
@@ -1112,7 +1112,7 @@ def read_nodes(target: Target, facts: KernelFacts, unreadable: List[Unreadable])
     return nodes_from_array(pointers, kn_of, online)
 
 
-def _online_nodes(target: Target, facts: KernelFacts, unreadable: List[Unreadable]) -> List[int]:
+def _online_nodes(target: Target, unreadable: List[Unreadable]) -> List[int]:
     states = _require(target, "node_states")
     n_online = target.enumerator("N_ONLINE")
     size = target.sizeof("nodemask_t")
