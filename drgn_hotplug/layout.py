@@ -687,13 +687,13 @@ def link_from_kernfs(direction: str, owner_number: int, kn: KernfsNode, name: st
 
 
 def link_owner(direction: str, number: int) -> str:
-    """The owner of a link's directory as unreadable entries name it: the
-    first word of the direction and the owner's number.
+    """The sysfs name of the directory a link lives in, as unreadable
+    entries name it: nodeN, or memoryM for a memory block.
 
     >>> link_owner("node-to-block", 1), link_owner("block-to-node", 32)
-    ('node1', 'block32')
+    ('node1', 'memory32')
     """
-    return f"{direction.split('-')[0]}{number}"
+    return f"node{number}" if direction.startswith("node-") else f"memory{number}"
 
 
 def read_links(kernfs: KernfsReader, nodes: Sequence[Node], blocks: Sequence[MemoryBlock],
