@@ -297,7 +297,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog = open_program(core=args.core, qemu=args.qemu, symbols=args.symbols)
         model = read_model_checked(prog)
         text, status = render_command(model, args.command, getattr(args, "location", None),
-                                      as_json=args.json, version=_version())
+                                      as_json=args.json, version=package_version())
     except Unanalysable as error:
         if args.debug:
             traceback.print_exc()
@@ -320,7 +320,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     return status
 
 
-def _version() -> str:
+def package_version() -> str:
+    """The installed drgn-hotplug version, "" when run from a bare checkout.
+
+    >>> isinstance(package_version(), str)
+    True
+    """
     from importlib.metadata import PackageNotFoundError, version
     try:
         return version("drgn-hotplug")
