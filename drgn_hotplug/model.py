@@ -65,10 +65,6 @@ class KernelFacts:
         return self.section_size_bits - self.page_shift
 
     @property
-    def pages_per_section(self) -> int:
-        return 1 << self.pfn_section_shift
-
-    @property
     def pages_per_block(self) -> int:
         return self.memory_block_size >> self.page_shift
 
