@@ -145,21 +145,21 @@ def arch_pfn_valid_inlines(prog: Program) -> Optional[Tuple[str, ...]]:
     ``pfn_section_valid()`` from v5.12's eeb0753ba27b). x86 kernels may
     hold a LOCAL out-of-line copy of the generic inline: that one is not an
     arch pfn_valid. Every instruction address of the function is asked for
-    its inline chain (arm64 instructions are 4 bytes).
+    its inline chain.
     """
     symbols = [s for s in prog.symbols("pfn_valid")
                if s.binding == drgn.SymbolBinding.GLOBAL and s.kind == drgn.SymbolKind.FUNC]
     if not symbols:
         return None
-    step = 4 if prog.platform.arch == drgn.Architecture.AARCH64 else 1
-    names: List[str] = []
-    for address in range(symbols[0].address, symbols[0].address + symbols[0].size, step):
-        try:
-            locations = prog.source_location(address)
-        except LookupError:
-            continue
-        for location in locations:
-            name = location.name()
-            if name and name != "pfn_valid" and name not in names:
-                names.append(name)
-    return tuple(names)
+    arch = "aarch64" if prog.platform.arch == drgn.Architecture.AARCH64 else "x86_64"
+    addresses = layout.instruction_addresses(symbols[0].address,
+                                             symbols[0].address + symbols[0].size, arch)
+    return layout.pfn_valid_inlines(_inline_chain(prog, address) for address in addresses)
+
+
+def _inline_chain(prog: Program, address: int) -> List[Optional[str]]:
+    """Function names at an address, innermost inline first; none where it has no line info."""
+    try:
+        return [location.name() for location in prog.source_location(address)]
+    except LookupError:
+        return []

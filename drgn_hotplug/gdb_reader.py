@@ -154,14 +154,9 @@ def arch_pfn_valid_inlines() -> Optional[Tuple[str, ...]]:
         function_block = function_block.superblock
     if function_block is None:
         return None
-    # Every instruction of the function; arm64 instructions are 4 bytes.
-    step = 4 if gdb.selected_inferior().architecture().name() == "aarch64" else 1
-    names: List[str] = []
-    for pc in range(function_block.start, function_block.end, step):
-        for name in _inline_chain(gdb.block_for_pc(pc)):
-            if name != "pfn_valid" and name not in names:
-                names.append(name)
-    return tuple(names)
+    addresses = layout.instruction_addresses(function_block.start, function_block.end,
+                                             gdb.selected_inferior().architecture().name())
+    return layout.pfn_valid_inlines(_inline_chain(gdb.block_for_pc(pc)) for pc in addresses)
 
 
 def _inline_chain(block) -> List[str]:
