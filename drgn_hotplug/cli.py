@@ -22,7 +22,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import checks, report
-from .layout import collector_paused
+from .layout import collector_paused, first_line
 from .model import Model
 
 COMMANDS = ("check", "sections", "memblock", "blocks", "links", "explain")
@@ -142,7 +142,7 @@ def open_program(core: Optional[str] = None, qemu: Optional[str] = None,
         # libkdumpfile's errors reach Python as a bare Exception (drgn 0.3.0),
         # so anything raised while opening means "cannot open".
         where = core or qemu or "/proc/kcore"
-        raise Unanalysable(f"cannot open {where}: {_first_line(error)}") from error
+        raise Unanalysable(f"cannot open {where}: {first_line(error)}") from error
     check_kernel_target(prog, core or qemu or "/proc/kcore", symbols)
     _load_kernel_debug_info(prog, symbols)
     return prog
@@ -169,7 +169,7 @@ def wait_for_qmp_greeting(path: str, timeout: float = QMP_GREETING_TIMEOUT) -> N
             raise Unanalysable(f"{path}: no QMP greeting within {timeout:g} s (is another "
                                "client connected? QMP serves one at a time)") from None
         except OSError as error:
-            raise Unanalysable(f"cannot open {path}: {_first_line(error)}") from error
+            raise Unanalysable(f"cannot open {path}: {first_line(error)}") from error
     if not greeting.startswith(b'{"QMP"'):
         raise Unanalysable(f"{path} is not a QMP socket (it sent {greeting[:40]!r})")
 
@@ -199,7 +199,7 @@ def check_kernel_target(prog, where: str, symbols: Sequence[str]) -> None:
         try:
             identity = pairing.vmlinux_identity(path)
         except (OSError, pairing.NotAnElf) as error:
-            raise Unanalysable(f"cannot use {path} as debug info: {_first_line(error)}") from error
+            raise Unanalysable(f"cannot use {path} as debug info: {first_line(error)}") from error
         if identity.release is None:
             continue  # a module or a separate debug file: drgn matches those itself
         reason = pairing.mismatch(info, _SUPPORTED_ARCHES[arch], identity)
@@ -218,9 +218,9 @@ def _load_kernel_debug_info(prog, symbols: Sequence[str]) -> None:
     except drgn.MissingDebugInfoError as error:
         if not symbols:
             raise Unanalysable(f"no debug info for the kernel (give -s VMLINUX): "
-                               f"{_first_line(error)}") from error
+                               f"{first_line(error)}") from error
     except (OSError, ValueError) as error:
-        raise Unanalysable(f"cannot load debug info: {_first_line(error)}") from error
+        raise Unanalysable(f"cannot load debug info: {first_line(error)}") from error
     if not _has_kernel_types(prog):
         given = ", ".join(symbols) if symbols else "the default locations"
         raise Unanalysable(f"no kernel debug info matching this kernel in {given}")
@@ -234,10 +234,6 @@ def _has_kernel_types(prog) -> bool:
     return True
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def read_model_checked(prog) -> Model:
     """read_model(), with "cannot identify the kernel" as Unanalysable."""
     from drgn import FaultError
@@ -248,7 +244,7 @@ def read_model_checked(prog) -> Model:
     try:
         return read_model(prog)
     except (ReadError, FaultError, LookupError, ValueError) as error:
-        raise Unanalysable(f"cannot read the kernel: {_first_line(error)}") from error
+        raise Unanalysable(f"cannot read the kernel: {first_line(error)}") from error
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -309,7 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception:
         if args.debug:
             raise
-        print(f"drgn-hotplug: internal error: {_first_line(sys.exc_info()[1])} "
+        print(f"drgn-hotplug: internal error: {first_line(sys.exc_info()[1])} "
               f"(run with --debug for the traceback)", file=sys.stderr)
         return report.EXIT_UNANALYSABLE
     try:

@@ -42,7 +42,7 @@ class GdbTarget:
         try:
             return self.inferior.read_memory(address, size).tobytes()
         except (gdb.MemoryError, gdb.error) as error:
-            raise layout.ReadError(address, size, _one_line(error)) from None
+            raise layout.ReadError(address, size, layout.first_line(error)) from None
 
     def symbol(self, name: str) -> Optional[int]:
         value = _symbol_value(name)
@@ -90,10 +90,6 @@ class GdbTarget:
         if kind is None or kind.code != gdb.TYPE_CODE_ENUM:
             return {}
         return {f.name: int(f.enumval) for f in kind.fields()}
-
-
-def _one_line(error: Exception) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _symbol_value(name: str) -> Optional["gdb.Value"]:

@@ -686,6 +686,17 @@ def link_from_kernfs(direction: str, owner_number: int, kn: KernfsNode, name: st
                     target_node=nodes_by_kn.get(kn.target_kn))
 
 
+def first_line(error: BaseException) -> str:
+    """An error as one line, for one-line messages (debuggers' errors can
+    span several lines); its type name when it says nothing.
+
+    >>> first_line(ValueError("cannot read\\nmore")), first_line(KeyError())
+    ('cannot read', 'KeyError')
+    """
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def instruction_addresses(start: int, end: int, arch: str) -> range:
     """Every address an instruction of [start, end) may begin at: arm64
     instructions are 4 bytes, x86 ones of any length, so every byte.
