@@ -16,6 +16,7 @@ Targets are 64-bit little-endian (x86_64, aarch64), as the model assumes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import operator
 import re
@@ -133,28 +134,36 @@ class PageCache:
     def __init__(self, target: Target, page_size: int):
         self.target = target
         self.page_size = page_size
-        self._pages: Dict[int, Optional[bytes]] = {}
+        # page address -> its bytes, None when unreadable
+        self.pages: Dict[int, Optional[bytes]] = {}
 
     def __getattr__(self, name: str):
         return getattr(self.target, name)
 
     def read(self, address: int, size: int) -> bytes:
+        data, offset = self.view(address, size)
+        return data[offset:offset + size]
+
+    def view(self, address: int, size: int) -> Tuple[bytes, int]:
+        """(buffer, offset): the ``size`` bytes at ``address`` are
+        ``buffer[offset:offset + size]``, without copying them out of the
+        cached page (struct unpacking reads at an offset)."""
         offset = address % self.page_size
         first = address - offset
-        data = self._pages[first] if first in self._pages else self._page(first)
+        data = self.pages[first] if first in self.pages else self._page(first)
         if data is not None and offset + size > self.page_size:
             data = self._span(first, offset + size)
         if data is None:
-            return self.target.read(address, size)
-        return data[offset:offset + size]
+            return self.target.read(address, size), 0
+        return data, offset
 
     def _page(self, address: int) -> Optional[bytes]:
-        if address not in self._pages:
+        if address not in self.pages:
             try:
-                self._pages[address] = self.target.read(address, self.page_size)
+                self.pages[address] = self.target.read(address, self.page_size)
             except ReadError:
-                self._pages[address] = None
-        return self._pages[address]
+                self.pages[address] = None
+        return self.pages[address]
 
     def _span(self, first: int, length: int) -> Optional[bytes]:
         pages = [self._page(at) for at in range(first, first + length, self.page_size)]
@@ -480,9 +489,10 @@ def kernfs_fields(layout: KernfsLayout) -> Dict[str, Tuple[int, str]]:
             "rb_left": (layout.rb + 16, "Q"), "children": (layout.children, "Q")}
 
 
-def fields_unpacker(fields: Dict[str, Tuple[int, str]]) -> Callable[[bytes], Tuple[int, ...]]:
-    """A function decoding the named fields (offset, struct format) from a
-    struct's bytes in one ``unpack``, returned in the order of ``fields``.
+def fields_unpacker(fields: Dict[str, Tuple[int, str]]) -> Callable[..., Tuple[int, ...]]:
+    """A function decoding the named fields (offset, struct format) of the
+    struct at ``at`` in a buffer (default 0) in one ``unpack``, returned in
+    the order of ``fields``.
 
     >>> fields_unpacker({"b": (8, "Q"), "a": (2, "h")})(bytes(2) + b"\\xff\\xff" + bytes(4) + bytes([9]) + bytes(7))
     (9, -1)
@@ -496,22 +506,37 @@ def fields_unpacker(fields: Dict[str, Tuple[int, str]]) -> Callable[[bytes], Tup
         fmt += f"{offset - end}x{code}" if offset > end else code
         end = offset + struct.calcsize("<" + code)
     unpack = struct.Struct(fmt).unpack_from
+    if by_offset == list(fields):
+        return unpack
     reorder = operator.itemgetter(*(by_offset.index(name) for name in fields))
-    return lambda data: reorder(unpack(data))
+    return lambda data, at=0: reorder(unpack(data, at))
 
 
-def kernfs_node_decoder(layout: KernfsLayout) -> Callable[[bytes, int], KernfsNode]:
-    """A function making the KernfsNode at an address from the bytes of its
-    ``struct kernfs_node``: one struct unpack per node.
+def kernfs_node_decoder(layout: KernfsLayout) -> Callable[[bytes, int, int], KernfsNode]:
+    """A function making the KernfsNode at ``address`` from a buffer holding
+    its ``struct kernfs_node`` at ``offset``: one struct unpack per node.
 
     >>> lay = KernfsLayout(128, 4, 8, 16, 24, 72, 64, 112, 4, 15, 0x4000)
     >>> decode = kernfs_node_decoder(lay)
-    >>> decode(bytes(112) + (4).to_bytes(2, "little") + bytes(14), 0x1000).flags
+    >>> decode(bytes(112) + (4).to_bytes(2, "little") + bytes(14), 0, 0x1000).flags
     4
     """
     unpack = fields_unpacker(kernfs_fields(layout))
     make = KernfsNode._make
-    return lambda data, address: make((address, *unpack(data)))
+    return lambda data, offset, address: make((address, *unpack(data, offset)))
+
+
+def kernfs_sibling_decoder(layout: KernfsLayout) -> Callable[[bytes, int], Tuple[int, int, int]]:
+    """A function decoding (rb_right, rb_left, flags) of the ``struct
+    kernfs_node`` at an offset in a buffer: all a directory walk needs of
+    a child that is not a link.
+
+    >>> lay = KernfsLayout(128, 4, 8, 16, 24, 72, 64, 112, 4, 15, 0x4000)
+    >>> kernfs_sibling_decoder(lay)(bytes(32) + (7).to_bytes(8, "little") + bytes(88), 0)
+    (7, 0, 0)
+    """
+    fields = kernfs_fields(layout)
+    return fields_unpacker({name: fields[name] for name in ("rb_right", "rb_left", "flags")})
 
 
 def kernfs_dead_reasons(kn: KernfsNode, in_parent: bool, layout: KernfsLayout) -> Tuple[str, ...]:
@@ -535,8 +560,19 @@ def kernfs_dead_reasons(kn: KernfsNode, in_parent: bool, layout: KernfsLayout) -
     return tuple(reasons)
 
 
+# read_cstring()'s default limit: sysfs names are short (NAME_MAX at most for
+# a file, a device's name for a directory).
+KERNFS_NAME_MAX = 256
+
+
 class KernfsReader:
-    """Reads kernfs nodes, names and directory children, caching what it read."""
+    """Reads kernfs nodes, names and directory children, caching what it read.
+
+    A directory walk decodes three fields of a child (its two sibling links
+    and its flags) in place in the cached slab page, and decodes only links
+    whole: a 64 TB machine has 32K memory block directories of a dozen
+    children each, one of them a node link.
+    """
 
     def __init__(self, target: Target, layout: KernfsLayout, page_size: int,
                  max_children: int = 1 << 22):
@@ -545,54 +581,112 @@ class KernfsReader:
         self.page_size = page_size
         self.max_children = max_children
         self._decode = kernfs_node_decoder(layout)
+        self._siblings = kernfs_sibling_decoder(layout)
         self._nodes: Dict[int, KernfsNode] = {}
         self._names: Dict[int, str] = {}
-        self._children: Dict[int, frozenset] = {}
+        self._dead_reasons: Dict[int, Tuple[str, ...]] = {}
+        # directory -> the rb_node addresses of its children
+        self._children: Dict[int, set] = {}
 
     def node(self, address: int) -> KernfsNode:
         kn = self._nodes.get(address)
         if kn is None:
-            kn = self._nodes[address] = self._decode(
-                self.target.read(address, self.layout.sizeof_node), address)
+            data, offset = self.target.view(address, self.layout.sizeof_node)
+            kn = self._nodes[address] = self._decode(data, offset, address)
         return kn
 
     def name(self, kn: KernfsNode) -> str:
         # Every memoryM/nodeN link of a node targets the same few directories.
         name = self._names.get(kn.name_address)
         if name is None:
-            name = self._names[kn.name_address] = read_cstring(
-                self.target, kn.name_address, page_size=self.page_size)
+            name = self._names[kn.name_address] = self._cstring(kn.name_address)
         return name
 
+    def _cstring(self, address: int) -> str:
+        # Names are short: most end in the page they start in.
+        offset = address & self.page_size - 1
+        page = self.target.pages.get(address - offset)
+        end = page.find(0, offset, offset + KERNFS_NAME_MAX) if page is not None else -1
+        if end < 0:
+            return read_cstring(self.target, address, KERNFS_NAME_MAX, self.page_size)
+        return page[offset:end].decode("utf-8", "replace")
+
+    def dead_reasons(self, kn: KernfsNode) -> Tuple[str, ...]:
+        """kernfs_dead_reasons() of ``kn``, asked once per link target: the
+        32K memoryM/nodeN links of a 64 TB machine share a handful of node
+        directories."""
+        reasons = self._dead_reasons.get(kn.address)
+        if reasons is None:
+            reasons = self._dead_reasons[kn.address] = kernfs_dead_reasons(
+                kn, self.in_parent(kn), self.layout)
+        return reasons
+
     def children(self, directory: int) -> List[KernfsNode]:
-        """The children of a directory in rbtree order, each ``kernfs_node``
-        read once (its sibling links come from the same bytes).
+        """Every child of a directory, decoded (children of one directory
+        come in the walk's order, not the kernel's name order)."""
+        rb = self.layout.rb
+        self.links(directory)
+        return [self.node(node - rb) for node in self._children[directory]]
+
+    def links(self, directory: int) -> List[KernfsNode]:
+        """The children of a directory that are symlinks.
 
         When a read fails the tree is walked again word by word, so the
         error names the very link that could not be read.
         """
-        rb, nodes = self.layout.rb, self._nodes
-
-        def links(rb_node: int) -> Tuple[int, int]:
-            kn = self.node(rb_node - rb)
-            return kn.rb_left, kn.rb_right
         try:
-            rb_nodes = rbtree_inorder(self.node(directory).children, links,
-                                      directory + self.layout.children, self.max_children)
-            children = [nodes[node - rb] for node in rb_nodes]
+            addresses, links = self._walk(directory)
         except ReadError:
-            rb_nodes = walk_rbtree(self.target, directory + self.layout.children,
-                                   self.max_children)
-            children = [self.node(node - rb) for node in rb_nodes]
-        self._children[directory] = frozenset(kn.address for kn in children)
-        return children
+            walk_rbtree(self.target, directory + self.layout.children, self.max_children)
+            raise
+        self._children[directory] = addresses
+        return links
+
+    def _walk(self, directory: int) -> Tuple[set, List[KernfsNode]]:
+        """(rb_node addresses of the children, the links among them in the
+        kernel's name order)."""
+        layout, view, siblings, decode = self.layout, self.target.view, self._siblings, self._decode
+        size, rb, limit = layout.sizeof_node, layout.rb, self.max_children
+        mask, link = layout.type_mask, layout.type_link
+        # PageCache.view() inlined for whole nodes in cached pages: the
+        # walk's cost is per child, 400K children at 64 TB.
+        pages, page_size = self.target.pages, self.page_size
+        seen: set = set()
+        links = []
+        # In order: a pushed (right subtree, link or None) pair is taken up
+        # once the left subtree is done.
+        stack: list = []
+        node = self.node(directory).children
+        while True:
+            while node:
+                if node in seen:
+                    root = directory + layout.children
+                    raise ReadError(node, WORD, f"rbtree at {root:#x} reaches {node:#x} twice")
+                seen.add(node)
+                if len(seen) > limit:
+                    root = directory + layout.children
+                    raise ReadError(root, WORD, f"rbtree at {root:#x} larger than {limit} nodes")
+                kn = node - rb
+                offset = kn % page_size
+                data = pages.get(kn - offset)
+                if data is None or offset + size > page_size:
+                    data, offset = view(kn, size)
+                right, node, flags = siblings(data, offset)
+                stack.append(decode(data, offset, kn) if flags & mask == link else None)
+                stack.append(right)
+            if not stack:
+                return seen, links
+            node = stack.pop()
+            found = stack.pop()
+            if found is not None:
+                links.append(found)
 
     def in_parent(self, kn: KernfsNode) -> bool:
         if not kn.parent:
             return False
         if kn.parent not in self._children:
-            self.children(kn.parent)
-        return kn.address in self._children[kn.parent]
+            self.links(kn.parent)
+        return kn.address + self.layout.rb in self._children[kn.parent]
 
     def is_link(self, kn: KernfsNode) -> bool:
         return kn.flags & self.layout.type_mask == self.layout.type_link
@@ -633,57 +727,77 @@ class BlockLayout:
     zone_name: Optional[int]
 
 
-def decode_memory_block(data: bytes, address: int, layout: BlockLayout,
-                        state_enumerators: Dict[str, int], zone_name: Optional[str],
-                        in_bus: bool, in_xarray: Optional[bool]) -> MemoryBlock:
-    """A MemoryBlock from the bytes of a ``struct memory_block``."""
-    opt = lambda off: int_at(data, off) if off is not None else None  # noqa: E731
-    return MemoryBlock(
-        id=uint_at(data, layout.dev + layout.dev_id),
-        address=address, start_section_nr=word_at(data, layout.start_section_nr),
-        state=block_state_name(word_at(data, layout.state), state_enumerators),
-        nid=opt(layout.nid), zone=zone_name, online_type=opt(layout.online_type),
-        in_bus=in_bus, in_xarray=in_xarray,
-        kn_address=word_at(data, layout.dev + layout.kn) or None)
+def memory_block_decoder(layout: BlockLayout, state_enumerators: Dict[str, int],
+                         zone_name: Callable[[int], Optional[str]]) -> Callable[..., MemoryBlock]:
+    """A function making the MemoryBlock at ``address`` from a buffer holding
+    its ``struct memory_block`` at ``offset``: one struct unpack per block
+    (a 64 TB machine has 32K blocks). ``zone_name(zone)`` names a
+    ``struct zone *``.
+
+    >>> lay = BlockLayout(64, 0, 8, 16, None, None, 24, 0, 8, None)
+    >>> decode = memory_block_decoder(lay, {}, lambda zone: None)
+    >>> data = (16).to_bytes(8, "little") + (1).to_bytes(8, "little") + bytes(8) + (2).to_bytes(4, "little")
+    >>> block = decode(data + bytes(36), 0, 0x1000, True, None)
+    >>> block.id, block.start_section_nr, block.state, block.nid
+    (2, 16, 'online', 0)
+    """
+    members = {"id": (layout.dev + layout.dev_id, "I"),
+               "start_section_nr": (layout.start_section_nr, "Q"),
+               # An unsigned long until the enum (v6.19, 1a4f70f6851a), 4 bytes
+               # since: its values fit the low 4 bytes of either (little-endian).
+               "state": (layout.state, "I"), "kn": (layout.dev + layout.kn, "Q"),
+               "nid": (layout.nid, "i"), "online_type": (layout.online_type, "i"),
+               "zone": (layout.zone, "Q")}
+    present = {name: spec for name, spec in members.items() if spec[0] is not None}
+    unpack = fields_unpacker(present)
+    names = tuple(present)
+    states = {value: block_state_name(value, state_enumerators)
+              for value in set(state_enumerators.values()) or OLD_MEMORY_BLOCK_STATES}
+
+    def decode(data: bytes, offset: int, address: int, in_bus: bool,
+               in_xarray: Optional[bool]) -> MemoryBlock:
+        fields = dict(zip(names, unpack(data, offset)))
+        state = fields["state"]
+        return MemoryBlock(
+            id=fields["id"], address=address, start_section_nr=fields["start_section_nr"],
+            state=states.get(state) or block_state_name(state, state_enumerators),
+            nid=fields.get("nid"), zone=zone_name(fields["zone"]) if "zone" in fields else None,
+            online_type=fields.get("online_type"), in_bus=in_bus, in_xarray=in_xarray,
+            kn_address=fields["kn"] or None)
+    return decode
 
 
 LINK_NAMES = {"node-to-block": re.compile(r"memory(\d+)"), "block-to-node": re.compile(r"node(\d+)")}
 
 
-def link_from_kernfs(direction: str, owner_number: int, kn: KernfsNode, name: str,
-                     kernfs: KernfsReader, blocks_by_kn: Dict[int, int],
+def link_from_kernfs(direction: str, owner_number: int, number: int, kn: KernfsNode,
+                     name: str, kernfs: KernfsReader, blocks_by_kn: Dict[int, int],
                      nodes_by_kn: Dict[int, int],
-                     unreadable: Optional[List[Unreadable]] = None) -> Optional[NodeLink]:
-    """A NodeLink for a kernfs link named memoryM (in nodeN) or nodeN (in memoryM).
+                     unreadable: Optional[List[Unreadable]] = None) -> NodeLink:
+    """The NodeLink of a kernfs link named memory``number`` (in node
+    ``owner_number``) or node``number`` (in memory``owner_number``).
 
-    Other children (attributes, cpu links, 6.12's memory_failure directory)
-    give None. The target resolves to a block or node only through the kn
-    address of a live device, never through its name. A target that cannot
-    be read (a filtered dump drops slab pages) is listed in ``unreadable``
-    and its liveness left unknown: "unreadable" is then its only reason.
+    The target resolves to a block or node only through the kn address of a
+    live device, never through its name. A target that cannot be read (a
+    filtered dump drops slab pages) is listed in ``unreadable`` and its
+    liveness left unknown: "unreadable" is then its only reason.
     """
-    match = LINK_NAMES[direction].fullmatch(name)
-    if not match or not kernfs.is_link(kn):
-        return None
-    number = int(match.group(1))
     node, block = (owner_number, number) if direction == "node-to-block" else (number, owner_number)
     target_name, reasons, live = None, ("unreadable",), False
     if kn.target_kn:
         try:
             target = kernfs.node(kn.target_kn)
             target_name = kernfs.name(target)
-            reasons = kernfs_dead_reasons(target, kernfs.in_parent(target), kernfs.layout)
+            reasons = kernfs.dead_reasons(target)
             live = not reasons
         except ReadError as error:
             if unreadable is not None:
                 unreadable.append(Unreadable(f"target of the {name} link of "
                                              f"{link_owner(direction, owner_number)}",
                                              error.reason, kn.target_kn))
-    return NodeLink(direction=direction, node=node, block=block, name=name,
-                    kn_address=kn.address, target_address=kn.target_kn or None,
-                    target_name=target_name, target_live=live, target_dead_reasons=reasons,
-                    target_block=blocks_by_kn.get(kn.target_kn),
-                    target_node=nodes_by_kn.get(kn.target_kn))
+    return NodeLink(direction, node, block, name, kn.address, kn.target_kn or None,
+                    target_name, live, reasons, blocks_by_kn.get(kn.target_kn),
+                    nodes_by_kn.get(kn.target_kn))
 
 
 def first_line(error: BaseException) -> str:
@@ -744,13 +858,15 @@ def read_links(kernfs: KernfsReader, nodes: Sequence[Node], blocks: Sequence[Mem
     links: List[NodeLink] = []
     for direction, number, directory in owners:
         try:
-            children = kernfs.children(directory)
+            children = kernfs.links(directory)
         except ReadError as error:
             unreadable.append(Unreadable(f"kernfs children of {link_owner(direction, number)}",
                                          error.reason, directory))
             continue
         # Only a link can be a node/block link: attribute names are never read.
-        for kn in filter(kernfs.is_link, children):
+        # Other links (subsystem, firmware_node, cpuN) are skipped by name.
+        pattern = LINK_NAMES[direction]
+        for kn in children:
             try:
                 name = kernfs.name(kn)
             except ReadError as error:
@@ -760,10 +876,10 @@ def read_links(kernfs: KernfsReader, nodes: Sequence[Node], blocks: Sequence[Mem
                                              f"{link_owner(direction, number)}",
                                              error.reason, directory))
                 continue
-            link = link_from_kernfs(direction, number, kn, name, kernfs, blocks_by_kn,
-                                    nodes_by_kn, unreadable)
-            if link:
-                links.append(link)
+            match = pattern.fullmatch(name)
+            if match:
+                links.append(link_from_kernfs(direction, number, int(match.group(1)), kn, name,
+                                              kernfs, blocks_by_kn, nodes_by_kn, unreadable))
     return sorted(links, key=lambda l: (l.direction, l.node, l.block, l.kn_address))
 
 
@@ -1093,18 +1209,19 @@ def read_memory_blocks(target: Target, facts: KernelFacts,
         unreadable.append(Unreadable("memory_blocks xarray", error.reason, error.address))
         in_xarray = None
     xarray_addresses = set(in_xarray.values()) if in_xarray is not None else None
-    states = target.enumerators("enum memory_block_state")
+    decode = memory_block_decoder(layout, target.enumerators("enum memory_block_state"),
+                                  functools.lru_cache(maxsize=None)(
+                                      lambda zone: _zone_name(target, zone, layout, facts)))
     blocks = []
     bus_set = set(on_bus)  # a list lookup per block is quadratic at 32K blocks
     for address in dict.fromkeys(on_bus + sorted(xarray_addresses or ())):
         try:
-            data = target.read(address, layout.sizeof_block)
+            data, offset = target.view(address, layout.sizeof_block)
         except ReadError as error:
             unreadable.append(Unreadable("struct memory_block", error.reason, address))
             continue
-        blocks.append(decode_memory_block(
-            data, address, layout, states, _zone_name(target, data, layout, facts),
-            in_bus=address in bus_set,
+        blocks.append(decode(
+            data, offset, address, in_bus=address in bus_set,
             in_xarray=None if xarray_addresses is None else address in xarray_addresses))
     return sorted(blocks, key=lambda b: (b.id, b.address))
 
@@ -1121,11 +1238,8 @@ def max_memory_blocks(facts: KernelFacts) -> int:
     return -(-facts.nr_mem_sections // max(1, facts.sections_per_block))
 
 
-def _zone_name(target: Target, data: bytes, layout: BlockLayout, facts: KernelFacts) -> Optional[str]:
-    if layout.zone is None or layout.zone_name is None:
-        return None
-    zone = word_at(data, layout.zone)
-    if not zone:
+def _zone_name(target: Target, zone: int, layout: BlockLayout, facts: KernelFacts) -> Optional[str]:
+    if not zone or layout.zone_name is None:
         return None
     try:
         return read_cstring(target, read_word(target, zone + layout.zone_name),
