@@ -622,11 +622,10 @@ class KernfsReader:
         return reasons
 
     def children(self, directory: int) -> List[KernfsNode]:
-        """Every child of a directory, decoded (children of one directory
-        come in the walk's order, not the kernel's name order)."""
+        """Every child of a directory, decoded, in the kernel's name order."""
         rb = self.layout.rb
-        self.links(directory)
-        return [self.node(node - rb) for node in self._children[directory]]
+        return [self.node(node - rb) for node in walk_rbtree(
+            self.target, directory + self.layout.children, self.max_children)]
 
     def links(self, directory: int) -> List[KernfsNode]:
         """The children of a directory that are symlinks.
