@@ -506,8 +506,9 @@ def _block_nodes(ctx: _Context) -> Dict[int, Dict[int, List[str]]]:
                                       bisect.bisect_right(block_ids, last)]:
                 nodes[block_id][region.nid].append("memblock.memory region nid")
     trusted = _pages_with_meaningful_nid(ctx.sets)
+    pages_per_block = kernel.pages_per_block
     for pfn, nid in ctx.model.page_nids.items():
-        block_id = pfn // kernel.pages_per_block
+        block_id = pfn // pages_per_block
         if _valid_nid(nid, kernel) and block_id in ctx.blocks and pfn in trusted \
                 and "page nid" not in nodes[block_id][nid]:
             nodes[block_id][nid].append("page nid")
@@ -602,10 +603,12 @@ def check_missing_links(ctx: _Context, links: _Links) -> List[Finding]:
             continue
         nodes = sorted(links.block_nodes.get(block.id, {})) or [NUMA_NO_NODE]
         for nid in nodes:
+            missing = _missing_directions(links, nid, block.id)
+            if not missing:
+                continue
             directory = {NODE_TO_BLOCK: ctx.nodes[nid].kn_address if nid in ctx.nodes else None,
                          BLOCK_TO_NODE: block.kn_address}
-            missing = [d for d in _missing_directions(links, nid, block.id)
-                       if directory[d] not in unread]
+            missing = [d for d in missing if directory[d] not in unread]
             if missing:
                 findings.append(_missing_link_finding(ctx, links, block, nid, missing))
     return findings
