@@ -15,17 +15,20 @@ Targets are 64-bit little-endian (x86_64, aarch64), as the model assumes.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import operator
 import re
 import struct
+from array import array
 from dataclasses import dataclass
+from itertools import compress, repeat
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from . import kernels, vmcoreinfo
 from .model import (KernelFacts, MemblockRegion, MemblockType, MemoryBlock, Node, NodeLink, Model, Section,
-                    Unreadable)
+                    SectionTable, Unreadable, valid_section)
 
 WORD = 8
 
@@ -164,7 +167,8 @@ class PageCache:
 def address_groups(addresses: Sequence[int], size: int,
                    max_span: int = 1 << 16) -> List[Sequence[int]]:
     """Cut sorted ``addresses`` into runs whose reads of ``size`` bytes fit
-    in one span of at most ``max_span`` bytes, to be read in one go.
+    in one span of at most ``max_span`` bytes, to be read in one go; each
+    run's end is found by bisection, not address by address.
 
     The kernel allocates the ``mem_section_usage`` of a node's early sections
     in one array, so their subsection maps read together.
@@ -174,12 +178,10 @@ def address_groups(addresses: Sequence[int], size: int,
     """
     groups: List[Sequence[int]] = []
     first = 0
-    for i, address in enumerate(addresses):
-        if address + size - addresses[first] > max_span:
-            groups.append(addresses[first:i])
-            first = i
-    if addresses:
-        groups.append(addresses[first:])
+    while first < len(addresses):
+        end = bisect.bisect_right(addresses, addresses[first] + max_span - size, first + 1)
+        groups.append(addresses[first:end])
+        first = end
     return groups
 
 
@@ -199,29 +201,47 @@ class SectionLayout:
     flag_bits: Dict[str, int]
 
 
+class RootColumns(NamedTuple):
+    """The present sections of one root, column by column.
+
+    ``flag_bytes`` is the first byte of each ``section_mem_map``: the word
+    is little-endian and the section flags are its low bits.
+    """
+
+    nrs: List[int]
+    addresses: List[int]
+    mem_maps: List[int]
+    usages: List[int]
+    flag_bytes: bytes
+
+
 def decode_section_root(data: bytes, first_nr: int, root_address: int,
-                        layout: SectionLayout) -> List[Tuple[int, int, int, Optional[int]]]:
-    """(nr, address, section_mem_map, usage) for each present section of one root.
+                        layout: SectionLayout) -> RootColumns:
+    """The present sections (section_mem_map != 0) of one root's bytes.
 
     >>> lay = SectionLayout(16, 8, None, 0, {})
     >>> decode_section_root(bytes(16) + (3).to_bytes(8, "little") + bytes(8), 64, 0x1000, lay)
-    [(65, 4112, 3, None)]
+    RootColumns(nrs=[65], addresses=[4112], mem_maps=[3], usages=[0], flag_bytes=b'\\x03')
     """
     words = decode_words(data)
-    per = layout.sizeof_section // WORD
-    count = len(words) // per
-    # Every mem_section's words at once: a strided slice per field.
-    mem_maps = words[0:count * per:per]
-    usages = ((None,) * count if layout.usage_offset is None
-              else words[layout.usage_offset // WORD:count * per:per])
     size = layout.sizeof_section
-    return [(first_nr + i, root_address + i * size, mem_map, usage or None)
-            for i, (mem_map, usage) in enumerate(zip(mem_maps, usages)) if mem_map]
+    per = size // WORD
+    count = len(words) // per
+    # Every mem_section's words at once: a strided slice per field, and the
+    # present ones picked by their non-zero section_mem_map.
+    mem_maps = words[0:count * per:per]
+    usages = ((0,) * count if layout.usage_offset is None
+              else words[layout.usage_offset // WORD:count * per:per])
+    return RootColumns(list(compress(range(first_nr, first_nr + count), mem_maps)),
+                       list(compress(range(root_address, root_address + count * size, size),
+                                     mem_maps)),
+                       list(compress(mem_maps, mem_maps)), list(compress(usages, mem_maps)),
+                       bytes(compress(data[0:count * size:size], mem_maps)))
 
 
 def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sections: int,
                   page_size: int, layout: SectionLayout,
-                  unreadable: List[Unreadable]) -> List[Section]:
+                  unreadable: List[Unreadable]) -> SectionTable:
     """Every present section: one read per root, then the subsection maps in spans.
 
     With SPARSEMEM_EXTREME ``mem_section`` points to an array of root
@@ -230,7 +250,8 @@ def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sectio
     """
     per_root = page_size // layout.sizeof_section if extreme else 1
     nr_roots = -(-nr_mem_sections // per_root)
-    raw = []
+    nrs, addresses, mem_maps, usages = array("Q"), array("Q"), array("Q"), array("Q")
+    flag_bytes = bytearray()
     for root_nr, root in enumerate(_section_roots(target, mem_section, extreme, nr_roots,
                                                   layout, unreadable)):
         if not root:
@@ -240,14 +261,12 @@ def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sectio
         except ReadError as error:
             unreadable.append(Unreadable(f"mem_section root {root_nr}", error.reason, root))
             continue
-        raw.extend(decode_section_root(data, root_nr * per_root, root, layout))
-    maps = _subsection_maps(target, [usage for *_, usage in raw if usage], layout, unreadable)
-    mask = flag_bits_mask(layout.flag_bits)
-    flags = {low: kernels.decode_section_flags(low, layout.flag_bits)
-             for low in {mem_map & mask for _, _, mem_map, _ in raw}}
-    # Flags decoded once per distinct combination: 512K sections hold a handful.
-    return [Section(nr, address, mem_map, flags[mem_map & mask], usage, maps.get(usage))
-            for nr, address, mem_map, usage in raw]
+        columns = decode_section_root(data, root_nr * per_root, root, layout)
+        for column, values in zip((nrs, addresses, mem_maps, usages, flag_bytes), columns):
+            column.extend(values)
+    kinds, flag_sets = flag_kinds(bytes(flag_bytes), layout.flag_bits)
+    return SectionTable(nrs, addresses, mem_maps, usages,
+                        _subsection_maps(target, usages, layout, unreadable), kinds, flag_sets)
 
 
 def flag_bits_mask(flag_bits: Dict[str, int]) -> int:
@@ -257,6 +276,27 @@ def flag_bits_mask(flag_bits: Dict[str, int]) -> int:
     '0xf'
     """
     return (1 << max(flag_bits.values(), default=-1) + 1) - 1
+
+
+def flag_kinds(flag_bytes: bytes,
+               flag_bits: Dict[str, int]) -> Tuple[bytes, Tuple[frozenset, ...]]:
+    """Each section's flags as an index into the distinct flag sets (the
+    ``kinds`` and ``flag_sets`` of a SectionTable), from the first byte of
+    each ``section_mem_map``: the flags the reader names are bits 0-5
+    (SECTION_*_BIT, include/linux/mmzone.h). Each distinct set is decoded
+    once, and one byte translation indexes every section.
+
+    >>> kinds, sets = flag_kinds(bytes([0x0b, 0x83, 0x0b]),
+    ...                          {"MARKED_PRESENT": 0, "HAS_MEM_MAP": 1, "IS_EARLY": 3})
+    >>> list(kinds), [sorted(s) for s in sets]
+    ([1, 0, 1], [['HAS_MEM_MAP', 'MARKED_PRESENT'], ['HAS_MEM_MAP', 'IS_EARLY', 'MARKED_PRESENT']])
+    """
+    mask = flag_bits_mask(flag_bits)
+    keys = sorted({byte & mask for byte in set(flag_bytes)})
+    index = {key: i for i, key in enumerate(keys)}
+    table = bytes(index.get(byte & mask, 0) for byte in range(256))
+    return (flag_bytes.translate(table),
+            tuple(kernels.decode_section_flags(key, flag_bits) for key in keys))
 
 
 def _section_roots(target: Target, mem_section: int, extreme: bool, nr_roots: int,
@@ -271,23 +311,27 @@ def _section_roots(target: Target, mem_section: int, extreme: bool, nr_roots: in
 
 
 def _subsection_maps(target: Target, usages: Sequence[int], layout: SectionLayout,
-                     unreadable: List[Unreadable]) -> Dict[int, int]:
+                     unreadable: List[Unreadable]) -> List[Optional[int]]:
+    """Each section's subsection map, None when the kernel has none, the
+    section no usage or the map could not be read. The maps are read in
+    spans of sorted usage addresses, then handed back in section order."""
     if layout.subsection_map_offset is None:
-        return {}
+        return [None] * len(usages)
     size, offset = layout.subsection_map_bytes, layout.subsection_map_offset
+    ordered = sorted(set(usages) - {0})
     maps: Dict[int, int] = {}
-    for inside in address_groups(sorted({usage + offset for usage in usages}), size):
+    for inside in address_groups(ordered, offset + size):
         start = inside[0]
         try:
-            data = target.read(start, inside[-1] + size - start)
+            data = target.read(start + offset, inside[-1] - start + size)
         except ReadError:
-            for address in inside:
-                _read_one_map(target, address - offset, address, size, maps, unreadable)
+            for usage in inside:
+                _read_one_map(target, usage, usage + offset, size, maps, unreadable)
             continue
-        for address in inside:
-            at = address - start
-            maps[address - offset] = int.from_bytes(data[at:at + size], "little")
-    return maps
+        from_bytes = int.from_bytes
+        maps.update(zip(inside, [from_bytes(data[at:at + size], "little")
+                                 for at in map(operator.sub, inside, repeat(start))]))
+    return list(map(maps.get, usages))
 
 
 def _read_one_map(target, usage, address, size, maps, unreadable):
@@ -1185,20 +1229,31 @@ def section_map_last_bit(target: Target, facts: KernelFacts) -> int:
     return value if value is not None else kernels.section_flag_bits(facts.version)[1]
 
 
-def page_nid_pfns(facts: KernelFacts, sections: Sequence[Section],
-                  blocks: Sequence[MemoryBlock]) -> List[int]:
-    """The pfns whose page nid the checks use: the first pfn of each memory
-    block and of each non-early (hot-added) valid section.
+def page_nid_sites(facts: KernelFacts, sections: SectionTable,
+                   blocks: Sequence[MemoryBlock]) -> List[Tuple[int, Section]]:
+    """Where the checks read each memory block's node from its struct
+    pages: the first pfn of the block's first valid section, with that
+    section, in pfn order.
 
-    >>> f = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27, 1024,
+    One page per block tells it all: add_memory() adds whole memory blocks
+    on one node (check_hotplug_memory_range() requires memory_block_size
+    alignment), and ZONE_DEVICE sections have no block.
+
+    >>> f = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 28, 1024,
     ...                 True, True, False)
-    >>> page_nid_pfns(f, [], [MemoryBlock(2, 0, 2, "online", 0)])
-    [65536]
+    >>> hole = Section(4, 0, 1, frozenset({"MARKED_PRESENT"}), None, None)
+    >>> memory = Section(5, 0, 3, frozenset({"MARKED_PRESENT", "HAS_MEM_MAP"}), None, None)
+    >>> [(pfn, s.nr) for pfn, s in page_nid_sites(f, SectionTable.of([hole, memory]),
+    ...                                          [MemoryBlock(2, 0, 4, "online", 0)])]
+    [(163840, 5)]
     """
-    shift = facts.pfn_section_shift
-    pfns = {b.start_section_nr << shift for b in blocks}
-    pfns |= {s.nr << shift for s in sections if s.valid and not s.early}
-    return sorted(pfns)
+    valid = sections.numbers_where(valid_section)
+    firsts = set()
+    for block in blocks:
+        i = bisect.bisect_left(valid, block.start_section_nr)
+        if i < len(valid) and valid[i] < block.start_section_nr + facts.sections_per_block:
+            firsts.add(valid[i])
+    return [(nr << facts.pfn_section_shift, sections.find(nr)) for nr in sorted(firsts)]
 
 
 def page_flags_nid(flags: int, facts: KernelFacts) -> int:
@@ -1218,14 +1273,13 @@ def page_flags_nid(flags: int, facts: KernelFacts) -> int:
     return flags >> (64 - sections_width - nodes_shift) & (1 << nodes_shift) - 1
 
 
-def read_page_nids(target: Target, facts: KernelFacts, sections: Sequence[Section],
+def read_page_nids(target: Target, facts: KernelFacts, sections: SectionTable,
                    blocks: Sequence[MemoryBlock], unreadable: List[Unreadable]) -> Dict[int, int]:
-    """pfn -> nid for ``page_nid_pfns()``, one ``page->flags`` word each.
+    """pfn -> nid at ``page_nid_sites()``, one ``page->flags`` word each.
 
     Kernels whose page flags have no room for the node
     (NODE_NOT_IN_PAGE_FLAGS) keep ``section_to_node_table[]`` instead.
     """
-    by_nr = {s.nr: s for s in sections}
     shift = facts.pfn_section_shift
     table = target.symbol("section_to_node_table")
     element = _section_node_size(target) if table is not None else 0
@@ -1233,10 +1287,7 @@ def read_page_nids(target: Target, facts: KernelFacts, sections: Sequence[Sectio
     sizeof_page = target.sizeof("struct page")
     map_mask = ~((1 << section_map_last_bit(target, facts)) - 1)
     nids = {}
-    for pfn in page_nid_pfns(facts, sections, blocks):
-        section = by_nr.get(pfn >> shift)
-        if section is None or not section.valid:
-            continue
+    for pfn, section in page_nid_sites(facts, sections, blocks):
         # section_mem_map encodes mem_map - section_nr_to_pfn(nr)
         page = ((section.mem_map & map_mask) + pfn * sizeof_page) & (1 << 64) - 1
         try:
