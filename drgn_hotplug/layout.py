@@ -23,7 +23,7 @@ import re
 import struct
 from array import array
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from . import kernels, vmcoreinfo
@@ -201,42 +201,46 @@ class SectionLayout:
     flag_bits: Dict[str, int]
 
 
-class RootColumns(NamedTuple):
-    """The present sections of one root, column by column.
+class SectionColumns(NamedTuple):
+    """Present sections column by column, as decoded from their roots.
 
     ``flag_bytes`` is the first byte of each ``section_mem_map``: the word
     is little-endian and the section flags are its low bits.
     """
 
-    nrs: List[int]
-    addresses: List[int]
-    mem_maps: List[int]
-    usages: List[int]
+    nrs: Sequence[int]
+    addresses: Sequence[int]
+    mem_maps: Sequence[int]
+    usages: Sequence[int]
     flag_bytes: bytes
 
 
-def decode_section_root(data: bytes, first_nr: int, root_address: int,
-                        layout: SectionLayout) -> RootColumns:
-    """The present sections (section_mem_map != 0) of one root's bytes.
+def decode_section_roots(data: bytes, roots: Sequence[Tuple[int, int]], per_root: int,
+                         layout: SectionLayout) -> SectionColumns:
+    """The present sections (section_mem_map != 0) in the bytes of roots of
+    ``per_root`` sections read one after the other; ``roots`` gives the
+    number of the first section and the address of each root.
 
     >>> lay = SectionLayout(16, 8, None, 0, {})
-    >>> decode_section_root(bytes(16) + (3).to_bytes(8, "little") + bytes(8), 64, 0x1000, lay)
-    RootColumns(nrs=[65], addresses=[4112], mem_maps=[3], usages=[0], flag_bytes=b'\\x03')
+    >>> columns = decode_section_roots(bytes(16) + (3).to_bytes(8, "little") + bytes(8),
+    ...                                [(64, 0x1000)], 2, lay)
+    >>> [list(column) for column in columns]
+    [[65], [4112], [3], [0], [3]]
     """
     words = decode_words(data)
     size = layout.sizeof_section
     per = size // WORD
-    count = len(words) // per
     # Every mem_section's words at once: a strided slice per field, and the
     # present ones picked by their non-zero section_mem_map.
-    mem_maps = words[0:count * per:per]
-    usages = ((0,) * count if layout.usage_offset is None
-              else words[layout.usage_offset // WORD:count * per:per])
-    return RootColumns(list(compress(range(first_nr, first_nr + count), mem_maps)),
-                       list(compress(range(root_address, root_address + count * size, size),
-                                     mem_maps)),
-                       list(compress(mem_maps, mem_maps)), list(compress(usages, mem_maps)),
-                       bytes(compress(data[0:count * size:size], mem_maps)))
+    mem_maps = words[0::per]
+    usages = repeat(0) if layout.usage_offset is None else words[layout.usage_offset // WORD::per]
+    nrs = chain.from_iterable(range(first, first + per_root) for first, _ in roots)
+    addresses = chain.from_iterable(range(root, root + per_root * size, size) for _, root in roots)
+    return SectionColumns(array("Q", compress(nrs, mem_maps)),
+                          array("Q", compress(addresses, mem_maps)),
+                          array("Q", compress(mem_maps, mem_maps)),
+                          array("Q", compress(usages, mem_maps)),
+                          bytes(compress(data[0::size], mem_maps)))
 
 
 def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sections: int,
@@ -250,23 +254,23 @@ def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sectio
     """
     per_root = page_size // layout.sizeof_section if extreme else 1
     nr_roots = -(-nr_mem_sections // per_root)
-    nrs, addresses, mem_maps, usages = array("Q"), array("Q"), array("Q"), array("Q")
-    flag_bytes = bytearray()
+    roots, datas = [], []
     for root_nr, root in enumerate(_section_roots(target, mem_section, extreme, nr_roots,
                                                   layout, unreadable)):
         if not root:
             continue
         try:
-            data = target.read(root, per_root * layout.sizeof_section)
+            datas.append(target.read(root, per_root * layout.sizeof_section))
         except ReadError as error:
             unreadable.append(Unreadable(f"mem_section root {root_nr}", error.reason, root))
             continue
-        columns = decode_section_root(data, root_nr * per_root, root, layout)
-        for column, values in zip((nrs, addresses, mem_maps, usages, flag_bytes), columns):
-            column.extend(values)
-    kinds, flag_sets = flag_kinds(bytes(flag_bytes), layout.flag_bits)
-    return SectionTable(nrs, addresses, mem_maps, usages,
-                        _subsection_maps(target, usages, layout, unreadable), kinds, flag_sets)
+        roots.append((root_nr * per_root, root))
+    # The roots decode together: a few column operations for the whole machine.
+    columns = decode_section_roots(b"".join(datas), roots, per_root, layout)
+    kinds, flag_sets = flag_kinds(columns.flag_bytes, layout.flag_bits)
+    return SectionTable(columns.nrs, columns.addresses, columns.mem_maps, columns.usages,
+                        _subsection_maps(target, columns.usages, layout, unreadable),
+                        kinds, flag_sets)
 
 
 def flag_bits_mask(flag_bits: Dict[str, int]) -> int:
@@ -313,33 +317,58 @@ def _section_roots(target: Target, mem_section: int, extreme: bool, nr_roots: in
 def _subsection_maps(target: Target, usages: Sequence[int], layout: SectionLayout,
                      unreadable: List[Unreadable]) -> List[Optional[int]]:
     """Each section's subsection map, None when the kernel has none, the
-    section no usage or the map could not be read. The maps are read in
-    spans of sorted usage addresses, then handed back in section order."""
+    section no usage or the map could not be read.
+
+    Read in section order, in spans: sparse_init_nid() allocates the usages
+    of a node's early sections as one array, so usage addresses ascend with
+    section numbers run after run, and each run is cut into spans by
+    bisection, with no sorting or lookup per section.
+    """
     if layout.subsection_map_offset is None:
         return [None] * len(usages)
-    size, offset = layout.subsection_map_bytes, layout.subsection_map_offset
-    ordered = sorted(set(usages) - {0})
-    maps: Dict[int, int] = {}
-    for inside in address_groups(ordered, offset + size):
-        start = inside[0]
-        try:
-            data = target.read(start + offset, inside[-1] - start + size)
-        except ReadError:
-            for usage in inside:
-                _read_one_map(target, usage, usage + offset, size, maps, unreadable)
-            continue
-        from_bytes = int.from_bytes
-        maps.update(zip(inside, [from_bytes(data[at:at + size], "little")
-                                 for at in map(operator.sub, inside, repeat(start))]))
-    return list(map(maps.get, usages))
+    reach = layout.subsection_map_offset + layout.subsection_map_bytes
+    maps: List[Optional[int]] = []
+    for run in ascending_runs(usages):
+        nulls = bisect.bisect_right(run, 0)  # NULL usages lead their run
+        maps += [None] * nulls
+        for inside in address_groups(run[nulls:], reach):
+            maps += _span_maps(target, inside, layout, unreadable)
+    return maps
 
 
-def _read_one_map(target, usage, address, size, maps, unreadable):
-    # A span failed as a whole; retry each map so one bad pointer costs one entry.
+def ascending_runs(values: Sequence[int]) -> List[Sequence[int]]:
+    """``values`` cut where they descend.
+
+    >>> ascending_runs([1, 5, 5, 9, 2, 3, 0])
+    [[1, 5, 5, 9], [2, 3], [0]]
+    """
+    cuts = [0, *compress(range(1, len(values)), map(operator.gt, values, values[1:])), len(values)]
+    return [values[first:end] for first, end in zip(cuts, cuts[1:]) if end > first]
+
+
+def _span_maps(target: Target, usages: Sequence[int], layout: SectionLayout,
+               unreadable: List[Unreadable]) -> List[Optional[int]]:
+    """The subsection maps of ascending usage addresses that fit in one
+    span: one read, or one per map when the span cannot be read whole, so
+    one bad pointer costs one entry."""
+    offset, size = layout.subsection_map_offset, layout.subsection_map_bytes
+    start = usages[0]
     try:
-        maps[usage] = uint_at(target.read(address, size), 0, size)
+        data = target.read(start + offset, usages[-1] - start + size)
+    except ReadError:
+        return [_read_one_map(target, usage + offset, size, unreadable) for usage in usages]
+    from_bytes = int.from_bytes
+    return [from_bytes(data[at:at + size], "little")
+            for at in map(operator.sub, usages, repeat(start))]
+
+
+def _read_one_map(target: Target, address: int, size: int,
+                  unreadable: List[Unreadable]) -> Optional[int]:
+    try:
+        return uint_at(target.read(address, size), 0, size)
     except ReadError as error:
         unreadable.append(Unreadable("mem_section_usage.subsection_map", error.reason, address))
+        return None
 
 
 # ---------------------------------------------------------------- memblock
