@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import kernels
-from .model import (TAINT_ZONE_DEVICE, Finding, KernelFacts, MemblockRegion, MemblockType, Model,
-                    NodeLink, Section, SectionTable, early_section, valid_section)
-from .ranges import (RangeSet, from_ascending_section_numbers, from_byte_regions, labelled_runs,
-                     subsection_ranges)
+from .model import (TAINT_ZONE_DEVICE, Finding, KernelFacts, MemblockRegion, MemblockType,
+                    MemoryBlock, Model, NodeLink, Section, SectionTable, early_section,
+                    valid_section)
+from .ranges import (RangeSet, consecutive_runs, from_ascending_section_numbers, from_byte_regions,
+                     labelled_runs, subsection_ranges)
 
 PFN_VALID_MISMATCH = "pfn-valid-mismatch"
 NOT_LINEAR_MAPPED = "not-linear-mapped"
@@ -126,6 +127,13 @@ def _sections_where(kernel: KernelFacts, sections: SectionTable, test) -> RangeS
     return from_ascending_section_numbers(sections.numbers_where(test), kernel.pfn_section_shift)
 
 
+def _blocks_set(kernel: KernelFacts, blocks: Iterable[MemoryBlock]) -> RangeSet:
+    """The pfns of the memory blocks, one range per run of consecutive ids."""
+    per_block = kernel.pages_per_block
+    return RangeSet((first * per_block, end * per_block)
+                    for first, end in consecutive_runs(sorted({b.id for b in blocks})))
+
+
 def _active_subsections(kernel: KernelFacts, maps: List[Tuple[int, Optional[int]]]) -> RangeSet:
     """Active subsection pfns of the non-early valid sections, from their
     (number, subsection map); a section whose map is absent counts as
@@ -201,11 +209,11 @@ def pfn_sets(model: Model) -> PfnSets:
     if problem:
         raise ValueError(f"cannot analyse: {problem}")
     sections = SectionTable.of(model.sections)
-    valid = _sections_where(kernel, sections, valid_section)
     early = _sections_where(kernel, sections, valid_early)
     nonearly = _sections_where(kernel, sections, valid_not_early)
+    valid = early | nonearly
     active = _active_subsections(kernel, sections.maps_where(valid_not_early))
-    blocks = RangeSet(block_range(kernel, b.id) for b in model.blocks)
+    blocks = _blocks_set(kernel, model.blocks)
     memory, nomap = _memblock_sets(kernel, model.memblock_memory)
     rule = kernels.rule_for(kernel)
     pfn_valid = modelled_pfn_valid(rule, valid, early, active, memory, nomap)

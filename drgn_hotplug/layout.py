@@ -18,16 +18,17 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
+import itertools
 import operator
 import re
 import struct
 from array import array
 from dataclasses import dataclass
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from . import kernels, vmcoreinfo
-from .model import (KernelFacts, MemblockRegion, MemblockType, MemoryBlock, Node, NodeLink, Model, Section,
+from .model import (KernelFacts, MemblockRegion, MemblockType, MemoryBlock, Node, NodeLink, Model,
                     SectionTable, Unreadable, valid_section)
 
 WORD = 8
@@ -234,8 +235,9 @@ def decode_section_roots(data: bytes, roots: Sequence[Tuple[int, int]], per_root
     # present ones picked by their non-zero section_mem_map.
     mem_maps = words[0::per]
     usages = repeat(0) if layout.usage_offset is None else words[layout.usage_offset // WORD::per]
-    nrs = chain.from_iterable(range(first, first + per_root) for first, _ in roots)
-    addresses = chain.from_iterable(range(root, root + per_root * size, size) for _, root in roots)
+    nrs = itertools.chain.from_iterable(range(first, first + per_root) for first, _ in roots)
+    addresses = itertools.chain.from_iterable(range(root, root + per_root * size, size)
+                                              for _, root in roots)
     return SectionColumns(array("Q", compress(nrs, mem_maps)),
                           array("Q", compress(addresses, mem_maps)),
                           array("Q", compress(mem_maps, mem_maps)),
@@ -1259,10 +1261,10 @@ def section_map_last_bit(target: Target, facts: KernelFacts) -> int:
 
 
 def page_nid_sites(facts: KernelFacts, sections: SectionTable,
-                   blocks: Sequence[MemoryBlock]) -> List[Tuple[int, Section]]:
+                   blocks: Sequence[MemoryBlock]) -> List[Tuple[int, int]]:
     """Where the checks read each memory block's node from its struct
     pages: the first pfn of the block's first valid section, with that
-    section, in pfn order.
+    section's ``section_mem_map``, in pfn order.
 
     One page per block tells it all: add_memory() adds whole memory blocks
     on one node (check_hotplug_memory_range() requires memory_block_size
@@ -1270,19 +1272,20 @@ def page_nid_sites(facts: KernelFacts, sections: SectionTable,
 
     >>> f = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 28, 1024,
     ...                 True, True, False)
+    >>> from drgn_hotplug.model import Section
     >>> hole = Section(4, 0, 1, frozenset({"MARKED_PRESENT"}), None, None)
-    >>> memory = Section(5, 0, 3, frozenset({"MARKED_PRESENT", "HAS_MEM_MAP"}), None, None)
-    >>> [(pfn, s.nr) for pfn, s in page_nid_sites(f, SectionTable.of([hole, memory]),
-    ...                                          [MemoryBlock(2, 0, 4, "online", 0)])]
-    [(163840, 5)]
+    >>> memory = Section(5, 0, 0x1003, frozenset({"MARKED_PRESENT", "HAS_MEM_MAP"}), None, None)
+    >>> page_nid_sites(f, SectionTable.of([hole, memory]), [MemoryBlock(2, 0, 4, "online", 0)])
+    [(163840, 4099)]
     """
     valid = sections.numbers_where(valid_section)
-    firsts = set()
-    for block in blocks:
-        i = bisect.bisect_left(valid, block.start_section_nr)
-        if i < len(valid) and valid[i] < block.start_section_nr + facts.sections_per_block:
-            firsts.add(valid[i])
-    return [(nr << facts.pfn_section_shift, sections.find(nr)) for nr in sorted(firsts)]
+    starts = sorted({block.start_section_nr for block in blocks})
+    # Each block's first valid section, found by bisection in the valid numbers.
+    found = zip(starts, map(bisect.bisect_left, repeat(valid), starts))
+    firsts = dict.fromkeys(valid[i] for start, i in found
+                           if i < len(valid) and valid[i] < start + facts.sections_per_block)
+    return [(nr << facts.pfn_section_shift, sections.mem_maps[i])
+            for nr, i in zip(firsts, map(bisect.bisect_left, repeat(sections.nrs), firsts))]
 
 
 def page_flags_nid(flags: int, facts: KernelFacts) -> int:
@@ -1316,9 +1319,9 @@ def read_page_nids(target: Target, facts: KernelFacts, sections: SectionTable,
     sizeof_page = target.sizeof("struct page")
     map_mask = ~((1 << section_map_last_bit(target, facts)) - 1)
     nids = {}
-    for pfn, section in page_nid_sites(facts, sections, blocks):
+    for pfn, mem_map in page_nid_sites(facts, sections, blocks):
         # section_mem_map encodes mem_map - section_nr_to_pfn(nr)
-        page = ((section.mem_map & map_mask) + pfn * sizeof_page) & (1 << 64) - 1
+        page = ((mem_map & map_mask) + pfn * sizeof_page) & (1 << 64) - 1
         try:
             if table is not None:
                 nids[pfn] = _section_node(target, table, element, pfn >> shift)
