@@ -330,11 +330,14 @@ def _subsection_maps(target: Target, usages: Sequence[int], layout: SectionLayou
         return [None] * len(usages)
     reach = layout.subsection_map_offset + layout.subsection_map_bytes
     maps: List[Optional[int]] = []
+    failed: List[Unreadable] = []
     for run in ascending_runs(usages):
         nulls = bisect.bisect_right(run, 0)  # NULL usages lead their run
         maps += [None] * nulls
         for inside in address_groups(run[nulls:], reach):
-            maps += _span_maps(target, inside, layout, unreadable)
+            maps += _span_maps(target, inside, layout, failed)
+    # Each unreadable map listed once, in address order, whatever the section order.
+    unreadable += sorted({u.address: u for u in failed}.values(), key=operator.attrgetter("address"))
     return maps
 
 
