@@ -358,7 +358,9 @@ class Model:
     """Everything the checks need, as read from one kernel.
 
     Readers give ``sections`` as a SectionTable; a list of Sections in any
-    order works as well (tests build and edit those).
+    order works as well (tests build and edit those). ``page_nids`` maps the
+    first pfn of each memory block's first valid section to the node its
+    ``struct page`` names.
     """
 
     kernel: KernelFacts
@@ -375,10 +377,8 @@ class Model:
         """A JSON-ready dict (frozensets become sorted lists), the one
         ``dataclasses.asdict()`` would give, without its deep copies: those
         take seconds on a 64 TB machine's sections, blocks and links."""
-        plain = {name: _plain(getattr(self, name)) for name in _field_names(Model)
-                 if name != "sections"}
-        plain["sections"] = SectionTable.of(self.sections).to_dicts()
-        return {name: plain[name] for name in _field_names(Model)}
+        return {name: SectionTable.of(self.sections).to_dicts() if name == "sections"
+                else _plain(getattr(self, name)) for name in _field_names(Model)}
 
 
 @dataclass(frozen=True)
@@ -404,7 +404,7 @@ class Finding:
 
 
 def _plain(value: Any) -> Any:
-    if hasattr(type(value), "__dataclass_fields__"):
+    if dataclasses.is_dataclass(value):
         return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
