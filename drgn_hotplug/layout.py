@@ -316,22 +316,44 @@ def _section_roots(target: Target, mem_section: int, extreme: bool, nr_roots: in
         return []
 
 
+# Below this many sections per ascending run of usage addresses, a run costs
+# more (a read and a few calls) than sorting the sections by usage address.
+SECTIONS_PER_RUN_TO_SORT = 32
+
+
 def _subsection_maps(target: Target, usages: Sequence[int], layout: SectionLayout,
                      unreadable: List[Unreadable]) -> List[Optional[int]]:
     """Each section's subsection map, None when the kernel has none, the
     section no usage or the map could not be read.
 
-    Read in section order, in spans: sparse_init_nid() allocates the usages
-    of a node's early sections as one array, so usage addresses ascend with
-    section numbers run after run, and each run is cut into spans by
-    bisection, with no sorting or lookup per section.
+    sparse_init_nid() allocates the usages of a node's early sections as
+    one array, so usage addresses ascend with section numbers, run after
+    run, and the maps are read along those runs. Hot-added sections
+    kmalloc() theirs, in any order when slab freelists are randomised: when
+    runs are short, the sections are read in address order and their maps
+    put back in section order.
     """
     if layout.subsection_map_offset is None:
         return [None] * len(usages)
+    runs = ascending_runs(usages)
+    if len(runs) * SECTIONS_PER_RUN_TO_SORT <= len(usages):
+        return _maps_along(target, runs, layout, unreadable)
+    order = sorted(range(len(usages)), key=usages.__getitem__)
+    by_address = _maps_along(target, [[usages[i] for i in order]], layout, unreadable)
+    maps: List[Optional[int]] = [None] * len(usages)
+    for i, found in zip(order, by_address):
+        maps[i] = found
+    return maps
+
+
+def _maps_along(target: Target, runs: Iterable[Sequence[int]], layout: SectionLayout,
+                unreadable: List[Unreadable]) -> List[Optional[int]]:
+    """The subsection maps behind runs of ascending usage addresses, in
+    their order: each run cut into spans by bisection, one read per span."""
     reach = layout.subsection_map_offset + layout.subsection_map_bytes
     maps: List[Optional[int]] = []
     failed: List[Unreadable] = []
-    for run in ascending_runs(usages):
+    for run in runs:
         nulls = bisect.bisect_right(run, 0)  # NULL usages lead their run
         maps += [None] * nulls
         for inside in address_groups(run[nulls:], reach):
