@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import kernels
-from .model import (TAINT_ZONE_DEVICE, Finding, KernelFacts, MemblockRegion, MemblockType,
-                    MemoryBlock, Model, NodeLink, Section, SectionTable, early_section,
-                    valid_section)
+from .model import (TAINT_ZONE_DEVICE, Finding, FlagTest, KernelFacts, MemblockRegion,
+                    MemblockType, MemoryBlock, Model, NodeLink, Section, SectionTable,
+                    early_section, valid_section)
 from .ranges import (RangeSet, consecutive_runs, from_ascending_section_numbers, from_byte_regions,
                      labelled_runs, subsection_ranges)
 
@@ -123,7 +123,7 @@ def valid_not_early(flags: frozenset) -> bool:
     return valid_section(flags) and not early_section(flags)
 
 
-def _sections_where(kernel: KernelFacts, sections: SectionTable, test) -> RangeSet:
+def _sections_where(kernel: KernelFacts, sections: SectionTable, test: FlagTest) -> RangeSet:
     return from_ascending_section_numbers(sections.numbers_where(test), kernel.pfn_section_shift)
 
 
