@@ -24,14 +24,17 @@ builds the small models the checks are tested on.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import kernels
-from .model import Finding, KernelFacts, MemblockRegion, MemblockType, Model, NodeLink, Section
-from .ranges import (RangeSet, from_byte_regions, from_section_numbers, labelled_runs,
-                     subsection_ranges)
+from .model import (TAINT_ZONE_DEVICE, Finding, FlagTest, KernelFacts, MemblockRegion,
+                    MemblockType, MemoryBlock, Model, NodeLink, Section, SectionTable,
+                    early_section, valid_section)
+from .ranges import (RangeSet, consecutive_runs, from_ascending_section_numbers, from_byte_regions,
+                     labelled_runs, subsection_ranges)
 
 PFN_VALID_MISMATCH = "pfn-valid-mismatch"
 NOT_LINEAR_MAPPED = "not-linear-mapped"
@@ -110,29 +113,48 @@ def block_range(kernel: KernelFacts, block_id: int) -> Tuple[int, int]:
     return block_id * kernel.pages_per_block, (block_id + 1) * kernel.pages_per_block
 
 
-def _sections_set(kernel: KernelFacts, sections: Iterable[Section]) -> RangeSet:
-    return from_section_numbers((s.nr for s in sections), kernel.pfn_section_shift)
+def valid_early(flags: frozenset) -> bool:
+    """A valid section present since boot."""
+    return valid_section(flags) and early_section(flags)
 
 
-def _active_subsections(kernel: KernelFacts, nonearly: List[Section]) -> RangeSet:
-    """Active subsection pfns of the non-early valid sections; a section
-    whose map is absent counts as wholly active (no subsection maps before
-    v5.3 or without SPARSEMEM_VMEMMAP, where pfn_section_valid() is 1; an
-    unreadable map was reported by the reader and must not invent findings)."""
-    if not kernels.subsections_exist(kernel):
-        return _sections_set(kernel, nonearly)
+def valid_not_early(flags: frozenset) -> bool:
+    """A valid section added later: hot-added memory or ZONE_DEVICE."""
+    return valid_section(flags) and not early_section(flags)
+
+
+def _sections_where(kernel: KernelFacts, sections: SectionTable, test: FlagTest) -> RangeSet:
+    return from_ascending_section_numbers(sections.numbers_where(test), kernel.pfn_section_shift)
+
+
+def _blocks_set(kernel: KernelFacts, blocks: Iterable[MemoryBlock]) -> RangeSet:
+    """The pfns of the memory blocks, one range per run of consecutive ids."""
+    per_block = kernel.pages_per_block
+    return RangeSet((first * per_block, end * per_block)
+                    for first, end in consecutive_runs(sorted({b.id for b in blocks})))
+
+
+def _active_subsections(kernel: KernelFacts, maps: List[Tuple[int, Optional[int]]]) -> RangeSet:
+    """Active subsection pfns of the non-early valid sections, from their
+    (number, subsection map); a section whose map is absent counts as
+    wholly active (no subsection maps before v5.3 or without
+    SPARSEMEM_VMEMMAP, where pfn_section_valid() is 1; an unreadable map was
+    reported by the reader and must not invent findings). Whole sections
+    merge by number: only partial maps are cut into subsection ranges."""
     section_shift = kernel.pfn_section_shift
+    if not kernels.subsections_exist(kernel):
+        return from_ascending_section_numbers([nr for nr, _ in maps], section_shift)
     sub_shift = kernel.subsection_shift - kernel.page_shift
     # Bits past SUBSECTIONS_PER_SECTION would be garbage from a bad read.
-    mask = (1 << subsections_per_section(kernel)) - 1
+    full = (1 << subsections_per_section(kernel)) - 1
+    whole: List[int] = []
     pieces: List[Tuple[int, int]] = []
-    for section in nonearly:
-        if section.subsection_map is None:
-            pieces.append(section_range(kernel, section.nr))
+    for nr, bitmap in maps:
+        if bitmap is None or bitmap & full == full:
+            whole.append(nr)
         else:
-            pieces.extend(subsection_ranges(section.nr, section.subsection_map & mask,
-                                            section_shift, sub_shift))
-    return RangeSet(pieces)
+            pieces.extend(subsection_ranges(nr, bitmap & full, section_shift, sub_shift))
+    return from_ascending_section_numbers(whole, section_shift) | RangeSet(pieces)
 
 
 def _memblock_sets(kernel: KernelFacts, memory: MemblockType
@@ -186,14 +208,12 @@ def pfn_sets(model: Model) -> PfnSets:
     problem = kernels.facts_problem(kernel)
     if problem:
         raise ValueError(f"cannot analyse: {problem}")
-    valid_sections = [s for s in model.sections if s.valid]
-    early_sections = [s for s in valid_sections if s.early]
-    nonearly_sections = [s for s in valid_sections if not s.early]
-    valid = _sections_set(kernel, valid_sections)
-    early = _sections_set(kernel, early_sections)
-    nonearly = _sections_set(kernel, nonearly_sections)
-    active = _active_subsections(kernel, nonearly_sections)
-    blocks = RangeSet(block_range(kernel, b.id) for b in model.blocks)
+    sections = SectionTable.of(model.sections)
+    early = _sections_where(kernel, sections, valid_early)
+    nonearly = _sections_where(kernel, sections, valid_not_early)
+    valid = early | nonearly
+    active = _active_subsections(kernel, sections.maps_where(valid_not_early))
+    blocks = _blocks_set(kernel, model.blocks)
     memory, nomap = _memblock_sets(kernel, model.memblock_memory)
     rule = kernels.rule_for(kernel)
     pfn_valid = modelled_pfn_valid(rule, valid, early, active, memory, nomap)
@@ -202,19 +222,20 @@ def pfn_sets(model: Model) -> PfnSets:
         map_memory = memory - nomap
     return PfnSets(
         valid=valid, early=early, nonearly=nonearly,
-        zone_device=_zone_device_set(kernel, nonearly_sections, blocks),
+        zone_device=_zone_device_set(kernel, sections, nonearly, blocks),
         active=active, memmap=early | active, blocks=blocks,
         memblock_memory=memory, nomap=nomap, pfn_valid=pfn_valid,
         pfn_is_map_memory=map_memory, rule=rule)
 
 
-def _zone_device_set(kernel: KernelFacts, nonearly: List[Section], blocks: RangeSet) -> RangeSet:
+def _zone_device_set(kernel: KernelFacts, sections: SectionTable, nonearly: RangeSet,
+                     blocks: RangeSet) -> RangeSet:
     """Non-early sections that are ZONE_DEVICE: tainted (v5.12, 1f90a3477df3)
     or, before the taint existed, covered by no memory block (only
     add_memory() creates blocks; memremap_pages() never does)."""
-    tainted = _sections_set(kernel, (s for s in nonearly if s.zone_device))
-    untainted = _sections_set(kernel, (s for s in nonearly if not s.zone_device))
-    return tainted | (untainted - blocks)
+    tainted = _sections_where(
+        kernel, sections, lambda flags: valid_not_early(flags) and TAINT_ZONE_DEVICE in flags)
+    return tainted | (nonearly - tainted - blocks)
 
 
 # ------------------------------------------------------------------ helpers
@@ -226,7 +247,7 @@ class _Context:
         self.model = model
         self.kernel = model.kernel
         self.sets = sets
-        self.sections = {s.nr: s for s in model.sections}
+        self.sections = SectionTable.of(model.sections)
         self.blocks = {b.id: b for b in model.blocks}
         self.nodes = {n.nid: n for n in model.nodes}
         self.region_index = {t.name: RegionIndex(t.regions)
@@ -235,8 +256,7 @@ class _Context:
     def sections_facts(self, start: int, end: int) -> Dict[str, Any]:
         shift = self.kernel.pfn_section_shift
         first, last = start >> shift, (end - 1) >> shift
-        present = [self.sections[nr] for nr in range(first, min(last, first + MAX_LISTED - 1) + 1)
-                   if nr in self.sections]
+        present = self.sections.between(first, min(last, first + MAX_LISTED - 1) + 1)
         return {"sections": [section_facts(self.kernel, s) for s in present],
                 "section_count": last - first + 1}
 
@@ -676,7 +696,16 @@ def run_checks(model: Model) -> List[Finding]:
     ...  no_memblock, [], [], [stale]))]
     [('orphaned-link', 1, 32)]
     """
+    model = with_section_table(model)
     return _run_all(_Context(model, pfn_sets(model)))
+
+
+def with_section_table(model: Model) -> Model:
+    """``model`` with its sections as a SectionTable, so a model built from
+    a list of Sections (tests) is tabled once per run, not per lookup."""
+    if isinstance(model.sections, SectionTable):
+        return model
+    return dataclasses.replace(model, sections=SectionTable.of(model.sections))
 
 
 def _run_all(ctx: _Context) -> List[Finding]:
@@ -728,6 +757,7 @@ def explain(model: Model, pfn: int) -> Dict[str, Any]:
     >>> facts["section"], facts["pfn_valid"]["value"], facts["pfn_valid"]["rule"]
     ({'nr': 8, 'present': False}, False, 'generic-subsection')
     """
+    model = with_section_table(model)
     sets = pfn_sets(model)
     ctx = _Context(model, sets)
     kernel = model.kernel
@@ -735,7 +765,7 @@ def explain(model: Model, pfn: int) -> Dict[str, Any]:
     return {
         "pfn": pfn,
         "phys": pfn << kernel.page_shift,
-        "section": _explain_section(kernel, ctx.sections.get(section_nr), section_nr, pfn),
+        "section": _explain_section(kernel, ctx.sections.find(section_nr), section_nr, pfn),
         "pfn_valid": _explain_pfn_valid(kernel, sets, pfn),
         "pfn_is_map_memory": (None if sets.pfn_is_map_memory is None
                               else pfn in sets.pfn_is_map_memory),

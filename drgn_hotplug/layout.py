@@ -15,18 +15,22 @@ Targets are 64-bit little-endian (x86_64, aarch64), as the model assumes.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import gc
+import itertools
 import operator
 import re
 import struct
+from array import array
 from dataclasses import dataclass
+from itertools import compress, repeat
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from . import kernels, vmcoreinfo
-from .model import (KernelFacts, MemblockRegion, MemblockType, MemoryBlock, Node, NodeLink, Model, Section,
-                    Unreadable)
+from .model import (KernelFacts, MemblockRegion, MemblockType, MemoryBlock, Node, NodeLink, Model,
+                    SectionTable, Unreadable, valid_section)
 
 WORD = 8
 
@@ -173,7 +177,8 @@ class PageCache:
 def address_groups(addresses: Sequence[int], size: int,
                    max_span: int = 1 << 16) -> List[Sequence[int]]:
     """Cut sorted ``addresses`` into runs whose reads of ``size`` bytes fit
-    in one span of at most ``max_span`` bytes, to be read in one go.
+    in one span of at most ``max_span`` bytes, to be read in one go; each
+    run's end is found by bisection, not address by address.
 
     The kernel allocates the ``mem_section_usage`` of a node's early sections
     in one array, so their subsection maps read together.
@@ -183,12 +188,10 @@ def address_groups(addresses: Sequence[int], size: int,
     """
     groups: List[Sequence[int]] = []
     first = 0
-    for i, address in enumerate(addresses):
-        if address + size - addresses[first] > max_span:
-            groups.append(addresses[first:i])
-            first = i
-    if addresses:
-        groups.append(addresses[first:])
+    while first < len(addresses):
+        end = bisect.bisect_right(addresses, addresses[first] + max_span - size, first + 1)
+        groups.append(addresses[first:end])
+        first = end
     return groups
 
 
@@ -208,29 +211,52 @@ class SectionLayout:
     flag_bits: Dict[str, int]
 
 
-def decode_section_root(data: bytes, first_nr: int, root_address: int,
-                        layout: SectionLayout) -> List[Tuple[int, int, int, Optional[int]]]:
-    """(nr, address, section_mem_map, usage) for each present section of one root.
+class SectionColumns(NamedTuple):
+    """Present sections column by column, as decoded from their roots.
+
+    ``flag_bytes`` is the first byte of each ``section_mem_map``: the word
+    is little-endian and the section flags are its low bits.
+    """
+
+    nrs: Sequence[int]
+    addresses: Sequence[int]
+    mem_maps: Sequence[int]
+    usages: Sequence[int]
+    flag_bytes: bytes
+
+
+def decode_section_roots(data: bytes, roots: Sequence[Tuple[int, int]], per_root: int,
+                         layout: SectionLayout) -> SectionColumns:
+    """The present sections (section_mem_map != 0) in the bytes of roots of
+    ``per_root`` sections read one after the other; ``roots`` gives the
+    number of the first section and the address of each root.
 
     >>> lay = SectionLayout(16, 8, None, 0, {})
-    >>> decode_section_root(bytes(16) + (3).to_bytes(8, "little") + bytes(8), 64, 0x1000, lay)
-    [(65, 4112, 3, None)]
+    >>> columns = decode_section_roots(bytes(16) + (3).to_bytes(8, "little") + bytes(8),
+    ...                                [(64, 0x1000)], 2, lay)
+    >>> [list(column) for column in columns]
+    [[65], [4112], [3], [0], [3]]
     """
     words = decode_words(data)
-    per = layout.sizeof_section // WORD
-    count = len(words) // per
-    # Every mem_section's words at once: a strided slice per field.
-    mem_maps = words[0:count * per:per]
-    usages = ((None,) * count if layout.usage_offset is None
-              else words[layout.usage_offset // WORD:count * per:per])
     size = layout.sizeof_section
-    return [(first_nr + i, root_address + i * size, mem_map, usage or None)
-            for i, (mem_map, usage) in enumerate(zip(mem_maps, usages)) if mem_map]
+    per = size // WORD
+    # Every mem_section's words at once: a strided slice per field, and the
+    # present ones picked by their non-zero section_mem_map.
+    mem_maps = words[0::per]
+    usages = repeat(0) if layout.usage_offset is None else words[layout.usage_offset // WORD::per]
+    nrs = itertools.chain.from_iterable(range(first, first + per_root) for first, _ in roots)
+    addresses = itertools.chain.from_iterable(range(root, root + per_root * size, size)
+                                              for _, root in roots)
+    return SectionColumns(array("Q", compress(nrs, mem_maps)),
+                          array("Q", compress(addresses, mem_maps)),
+                          array("Q", compress(mem_maps, mem_maps)),
+                          array("Q", compress(usages, mem_maps)),
+                          bytes(compress(data[0::size], mem_maps)))
 
 
 def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sections: int,
                   page_size: int, layout: SectionLayout,
-                  unreadable: List[Unreadable]) -> List[Section]:
+                  unreadable: List[Unreadable]) -> SectionTable:
     """Every present section: one read per root, then the subsection maps in spans.
 
     With SPARSEMEM_EXTREME ``mem_section`` points to an array of root
@@ -239,24 +265,23 @@ def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sectio
     """
     per_root = page_size // layout.sizeof_section if extreme else 1
     nr_roots = -(-nr_mem_sections // per_root)
-    raw = []
+    roots, datas = [], []
     for root_nr, root in enumerate(_section_roots(target, mem_section, extreme, nr_roots,
                                                   layout, unreadable)):
         if not root:
             continue
         try:
-            data = target.read(root, per_root * layout.sizeof_section)
+            datas.append(target.read(root, per_root * layout.sizeof_section))
         except ReadError as error:
             unreadable.append(Unreadable(f"mem_section root {root_nr}", error.reason, root))
             continue
-        raw.extend(decode_section_root(data, root_nr * per_root, root, layout))
-    maps = _subsection_maps(target, [usage for *_, usage in raw if usage], layout, unreadable)
-    mask = flag_bits_mask(layout.flag_bits)
-    flags = {low: kernels.decode_section_flags(low, layout.flag_bits)
-             for low in {mem_map & mask for _, _, mem_map, _ in raw}}
-    # Flags decoded once per distinct combination: 512K sections hold a handful.
-    return [Section(nr, address, mem_map, flags[mem_map & mask], usage, maps.get(usage))
-            for nr, address, mem_map, usage in raw]
+        roots.append((root_nr * per_root, root))
+    # The roots decode together: a few column operations for the whole machine.
+    columns = decode_section_roots(b"".join(datas), roots, per_root, layout)
+    kinds, flag_sets = flag_kinds(columns.flag_bytes, layout.flag_bits)
+    return SectionTable(columns.nrs, columns.addresses, columns.mem_maps, columns.usages,
+                        _subsection_maps(target, columns.usages, layout, unreadable),
+                        kinds, flag_sets)
 
 
 def flag_bits_mask(flag_bits: Dict[str, int]) -> int:
@@ -266,6 +291,27 @@ def flag_bits_mask(flag_bits: Dict[str, int]) -> int:
     '0xf'
     """
     return (1 << max(flag_bits.values(), default=-1) + 1) - 1
+
+
+def flag_kinds(flag_bytes: bytes,
+               flag_bits: Dict[str, int]) -> Tuple[bytes, Tuple[frozenset, ...]]:
+    """Each section's flags as an index into the distinct flag sets (the
+    ``kinds`` and ``flag_sets`` of a SectionTable), from the first byte of
+    each ``section_mem_map``: the flags the reader names are bits 0-5
+    (SECTION_*_BIT, include/linux/mmzone.h). Each distinct set is decoded
+    once, and one byte translation indexes every section.
+
+    >>> kinds, sets = flag_kinds(bytes([0x0b, 0x83, 0x0b]),
+    ...                          {"MARKED_PRESENT": 0, "HAS_MEM_MAP": 1, "IS_EARLY": 3})
+    >>> list(kinds), [sorted(s) for s in sets]
+    ([1, 0, 1], [['HAS_MEM_MAP', 'MARKED_PRESENT'], ['HAS_MEM_MAP', 'IS_EARLY', 'MARKED_PRESENT']])
+    """
+    mask = flag_bits_mask(flag_bits)
+    keys = sorted({byte & mask for byte in set(flag_bytes)})
+    index = {key: i for i, key in enumerate(keys)}
+    table = bytes(index.get(byte & mask, 0) for byte in range(256))
+    return (flag_bytes.translate(table),
+            tuple(kernels.decode_section_flags(key, flag_bits) for key in keys))
 
 
 def _section_roots(target: Target, mem_section: int, extreme: bool, nr_roots: int,
@@ -279,32 +325,86 @@ def _section_roots(target: Target, mem_section: int, extreme: bool, nr_roots: in
         return []
 
 
+# Below this many sections per ascending run of usage addresses, a run costs
+# more (a read and a few calls) than sorting the sections by usage address.
+SECTIONS_PER_RUN_TO_SORT = 32
+
+
 def _subsection_maps(target: Target, usages: Sequence[int], layout: SectionLayout,
-                     unreadable: List[Unreadable]) -> Dict[int, int]:
+                     unreadable: List[Unreadable]) -> List[Optional[int]]:
+    """Each section's subsection map, None when the kernel has none, the
+    section no usage or the map could not be read.
+
+    sparse_init_nid() allocates the usages of a node's early sections as
+    one array, so usage addresses ascend with section numbers, run after
+    run, and the maps are read along those runs. Hot-added sections
+    kmalloc() theirs, in any order when slab freelists are randomised: when
+    runs are short, the sections are read in address order and their maps
+    put back in section order.
+    """
     if layout.subsection_map_offset is None:
-        return {}
-    size, offset = layout.subsection_map_bytes, layout.subsection_map_offset
-    maps: Dict[int, int] = {}
-    for inside in address_groups(sorted({usage + offset for usage in usages}), size):
-        start = inside[0]
-        try:
-            data = target.read(start, inside[-1] + size - start)
-        except ReadError:
-            for address in inside:
-                _read_one_map(target, address - offset, address, size, maps, unreadable)
-            continue
-        for address in inside:
-            at = address - start
-            maps[address - offset] = int.from_bytes(data[at:at + size], "little")
+        return [None] * len(usages)
+    runs = ascending_runs(usages)
+    if len(runs) * SECTIONS_PER_RUN_TO_SORT <= len(usages):
+        return _maps_along(target, runs, layout, unreadable)
+    order = sorted(range(len(usages)), key=usages.__getitem__)
+    by_address = _maps_along(target, [[usages[i] for i in order]], layout, unreadable)
+    maps: List[Optional[int]] = [None] * len(usages)
+    for i, found in zip(order, by_address):
+        maps[i] = found
     return maps
 
 
-def _read_one_map(target, usage, address, size, maps, unreadable):
-    # A span failed as a whole; retry each map so one bad pointer costs one entry.
+def _maps_along(target: Target, runs: Iterable[Sequence[int]], layout: SectionLayout,
+                unreadable: List[Unreadable]) -> List[Optional[int]]:
+    """The subsection maps behind runs of ascending usage addresses, in
+    their order: each run cut into spans by bisection, one read per span."""
+    reach = layout.subsection_map_offset + layout.subsection_map_bytes
+    maps: List[Optional[int]] = []
+    failed: List[Unreadable] = []
+    for run in runs:
+        nulls = bisect.bisect_right(run, 0)  # NULL usages lead their run
+        maps += [None] * nulls
+        for inside in address_groups(run[nulls:], reach):
+            maps += _span_maps(target, inside, layout, failed)
+    # Each unreadable map listed once, in address order, whatever the section order.
+    unreadable += sorted({u.address: u for u in failed}.values(), key=operator.attrgetter("address"))
+    return maps
+
+
+def ascending_runs(values: Sequence[int]) -> List[Sequence[int]]:
+    """``values`` cut where they descend.
+
+    >>> ascending_runs([1, 5, 5, 9, 2, 3, 0])
+    [[1, 5, 5, 9], [2, 3], [0]]
+    """
+    cuts = [0, *compress(range(1, len(values)), map(operator.gt, values, values[1:])), len(values)]
+    return [values[first:end] for first, end in zip(cuts, cuts[1:]) if end > first]
+
+
+def _span_maps(target: Target, usages: Sequence[int], layout: SectionLayout,
+               unreadable: List[Unreadable]) -> List[Optional[int]]:
+    """The subsection maps of ascending usage addresses that fit in one
+    span: one read, or one per map when the span cannot be read whole, so
+    one bad pointer costs one entry."""
+    offset, size = layout.subsection_map_offset, layout.subsection_map_bytes
+    start = usages[0]
     try:
-        maps[usage] = uint_at(target.read(address, size), 0, size)
+        data = target.read(start + offset, usages[-1] - start + size)
+    except ReadError:
+        return [_read_one_map(target, usage + offset, size, unreadable) for usage in usages]
+    from_bytes = int.from_bytes
+    return [from_bytes(data[at:at + size], "little")
+            for at in map(operator.sub, usages, repeat(start))]
+
+
+def _read_one_map(target: Target, address: int, size: int,
+                  unreadable: List[Unreadable]) -> Optional[int]:
+    try:
+        return uint_at(target.read(address, size), 0, size)
     except ReadError as error:
         unreadable.append(Unreadable("mem_section_usage.subsection_map", error.reason, address))
+        return None
 
 
 # ---------------------------------------------------------------- memblock
@@ -1298,20 +1398,32 @@ def section_map_last_bit(target: Target, facts: KernelFacts) -> int:
     return value if value is not None else kernels.section_flag_bits(facts.version)[1]
 
 
-def page_nid_pfns(facts: KernelFacts, sections: Sequence[Section],
-                  blocks: Sequence[MemoryBlock]) -> List[int]:
-    """The pfns whose page nid the checks use: the first pfn of each memory
-    block and of each non-early (hot-added) valid section.
+def page_nid_sites(facts: KernelFacts, sections: SectionTable,
+                   blocks: Sequence[MemoryBlock]) -> List[Tuple[int, int]]:
+    """Where the checks read each memory block's node from its struct
+    pages: the first pfn of the block's first valid section, with that
+    section's ``section_mem_map``, in pfn order.
 
-    >>> f = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27, 1024,
+    One page per block tells it all: add_memory() adds whole memory blocks
+    on one node (check_hotplug_memory_range() requires memory_block_size
+    alignment), and ZONE_DEVICE sections have no block.
+
+    >>> f = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 28, 1024,
     ...                 True, True, False)
-    >>> page_nid_pfns(f, [], [MemoryBlock(2, 0, 2, "online", 0)])
-    [65536]
+    >>> from drgn_hotplug.model import Section
+    >>> hole = Section(4, 0, 1, frozenset({"MARKED_PRESENT"}), None, None)
+    >>> memory = Section(5, 0, 0x1003, frozenset({"MARKED_PRESENT", "HAS_MEM_MAP"}), None, None)
+    >>> page_nid_sites(f, SectionTable.of([hole, memory]), [MemoryBlock(2, 0, 4, "online", 0)])
+    [(163840, 4099)]
     """
-    shift = facts.pfn_section_shift
-    pfns = {b.start_section_nr << shift for b in blocks}
-    pfns |= {s.nr << shift for s in sections if s.valid and not s.early}
-    return sorted(pfns)
+    valid = sections.numbers_where(valid_section)
+    starts = sorted({block.start_section_nr for block in blocks})
+    # Each block's first valid section, found by bisection in the valid numbers.
+    found = zip(starts, map(bisect.bisect_left, repeat(valid), starts))
+    firsts = dict.fromkeys(valid[i] for start, i in found
+                           if i < len(valid) and valid[i] < start + facts.sections_per_block)
+    return [(nr << facts.pfn_section_shift, sections.mem_maps[i])
+            for nr, i in zip(firsts, map(bisect.bisect_left, repeat(sections.nrs), firsts))]
 
 
 def page_flags_nid(flags: int, facts: KernelFacts) -> int:
@@ -1331,14 +1443,13 @@ def page_flags_nid(flags: int, facts: KernelFacts) -> int:
     return flags >> (64 - sections_width - nodes_shift) & (1 << nodes_shift) - 1
 
 
-def read_page_nids(target: Target, facts: KernelFacts, sections: Sequence[Section],
+def read_page_nids(target: Target, facts: KernelFacts, sections: SectionTable,
                    blocks: Sequence[MemoryBlock], unreadable: List[Unreadable]) -> Dict[int, int]:
-    """pfn -> nid for ``page_nid_pfns()``, one ``page->flags`` word each.
+    """pfn -> nid at ``page_nid_sites()``, one ``page->flags`` word each.
 
     Kernels whose page flags have no room for the node
     (NODE_NOT_IN_PAGE_FLAGS) keep ``section_to_node_table[]`` instead.
     """
-    by_nr = {s.nr: s for s in sections}
     shift = facts.pfn_section_shift
     table = target.symbol("section_to_node_table")
     element = _section_node_size(target) if table is not None else 0
@@ -1346,12 +1457,9 @@ def read_page_nids(target: Target, facts: KernelFacts, sections: Sequence[Sectio
     sizeof_page = target.sizeof("struct page")
     map_mask = ~((1 << section_map_last_bit(target, facts)) - 1)
     nids = {}
-    for pfn in page_nid_pfns(facts, sections, blocks):
-        section = by_nr.get(pfn >> shift)
-        if section is None or not section.valid:
-            continue
+    for pfn, mem_map in page_nid_sites(facts, sections, blocks):
         # section_mem_map encodes mem_map - section_nr_to_pfn(nr)
-        page = ((section.mem_map & map_mask) + pfn * sizeof_page) & (1 << 64) - 1
+        page = ((mem_map & map_mask) + pfn * sizeof_page) & (1 << 64) - 1
         try:
             if table is not None:
                 nids[pfn] = _section_node(target, table, element, pfn >> shift)

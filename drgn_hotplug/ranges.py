@@ -162,22 +162,54 @@ def _subtract(a: Sequence[Range], b: Sequence[Range]) -> List[Range]:
 
 
 def from_section_numbers(numbers: Iterable[int], pfn_section_shift: int) -> RangeSet:
-    """The pfns of a set of sections; runs of consecutive section numbers
-    are merged before any range is built.
+    """The pfns of a set of sections, numbered in any order.
 
-    >>> from_section_numbers([3, 1, 2, 7], 15).ranges
+    >>> from_section_numbers([3, 1, 2, 7, 2], 15).ranges
     ((32768, 131072), (229376, 262144))
     """
-    ordered = sorted(set(numbers))
-    if not ordered:
-        return RangeSet()
-    # A run ends where the next number is not one more: only those pairs
-    # become tuples (512K sections form a few hundred runs).
-    breaks = [(nr, following) for nr, following in zip(ordered, ordered[1:]) if following != nr + 1]
-    starts = [ordered[0]] + [following for _, following in breaks]
-    ends = [nr + 1 for nr, _ in breaks] + [ordered[-1] + 1]
-    return RangeSet._from_coalesced([(s << pfn_section_shift, e << pfn_section_shift)
-                                     for s, e in zip(starts, ends)])
+    return from_ascending_section_numbers(sorted(set(numbers)), pfn_section_shift)
+
+
+def from_ascending_section_numbers(ordered: Sequence[int], pfn_section_shift: int) -> RangeSet:
+    """The pfns of the sections numbered ``ordered`` (ascending, without
+    repeats, as a SectionTable lists them): one range per run of
+    consecutive numbers.
+
+    >>> from_ascending_section_numbers([1, 2, 3, 7], 15).ranges
+    ((32768, 131072), (229376, 262144))
+    """
+    return RangeSet._from_coalesced([(first << pfn_section_shift, end << pfn_section_shift)
+                                     for first, end in consecutive_runs(ordered)])
+
+
+def consecutive_runs(ordered: Sequence[int]) -> Iterator[Range]:
+    """(first, last + 1) of each run of consecutive numbers in an ascending
+    sequence without repeats.
+
+    Along the sequence, number minus index never decreases and stays put
+    exactly inside a run, so each run's end is found by galloping then
+    bisecting: 512K present sections in a few hundred runs cost a few
+    thousand steps, and a lone number costs one.
+
+    >>> list(consecutive_runs([1, 2, 3, 7, 9, 10]))
+    [(1, 4), (7, 8), (9, 11)]
+    """
+    i, count = 0, len(ordered)
+    while i < count:
+        offset = ordered[i] - i
+        last, step = i, 1  # ordered[last] is in the run; ordered[last + step] is to be tried
+        while last + step < count and ordered[last + step] - (last + step) == offset:
+            last += step
+            step *= 2
+        beyond = min(last + step, count)  # not in the run, or the end
+        while beyond - last > 1:
+            middle = (last + beyond) // 2
+            if ordered[middle] - middle == offset:
+                last = middle
+            else:
+                beyond = middle
+        yield ordered[i], ordered[last] + 1
+        i = last + 1
 
 
 def from_byte_regions(regions: Iterable[Tuple[int, int]], page_shift: int) -> RangeSet:

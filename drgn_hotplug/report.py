@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from tabulate import tabulate
 
 from . import checks, kernels
-from .model import SEVERITIES, Finding, KernelFacts, MemblockType, Model
+from .model import SEVERITIES, Finding, KernelFacts, MemblockType, Model, SectionTable
 
 TOOL = "drgn-hotplug"
 SCHEMA_VERSION = 1
@@ -309,7 +309,7 @@ def render_sections(model: Model) -> str:
     """Present sections, like crash ``kmem -n`` plus the subsection map."""
     kernel = model.kernel
     rows = []
-    for section in sorted(model.sections, key=lambda s: s.nr):
+    for section in SectionTable.of(model.sections):
         start, end = checks.section_range(kernel, section.nr)
         submap = subsection_text(kernel, section.subsection_map)
         rows.append((section.nr, _hex(section.address), _hex(section.mem_map),

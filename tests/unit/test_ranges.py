@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from drgn_hotplug.ranges import (RangeSet, bitmap_runs, from_byte_regions,
+from drgn_hotplug.ranges import (RangeSet, bitmap_runs, consecutive_runs, from_byte_regions,
                                  from_section_numbers, labelled_runs, subsection_ranges)
 
 
@@ -50,6 +50,22 @@ def test_sections_to_pfns_x86_128m_sections():
     # SECTION_SIZE_BITS 27 with 4 KiB pages: 32768 pfns per section; the
     # hot-added DIMM at 0x100000000 is sections 32 and 33.
     assert from_section_numbers([32, 33], 15).ranges == ((0x100000, 0x110000),)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_consecutive_runs_match_a_number_by_number_walk(seed):
+    # Sparse, dense and mixed ascending numbers: runs of every length,
+    # including lone numbers and one run reaching the end.
+    rng = random.Random(seed)
+    count = rng.randrange(300)
+    numbers = sorted(rng.sample(range(count + rng.randrange(count + 2)), count))
+    walked = []
+    for nr in numbers:
+        if walked and walked[-1][1] == nr:
+            walked[-1] = (walked[-1][0], nr + 1)
+        else:
+            walked.append((nr, nr + 1))
+    assert list(consecutive_runs(numbers)) == walked
 
 
 def test_byte_regions_round_to_the_pfn_whose_first_byte_is_inside():
