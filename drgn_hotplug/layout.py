@@ -393,9 +393,24 @@ def _span_maps(target: Target, usages: Sequence[int], layout: SectionLayout,
         data = target.read(start + offset, usages[-1] - start + size)
     except ReadError:
         return [_read_one_map(target, usage + offset, size, unreadable) for usage in usages]
+    stride = usages[1] - start if len(usages) > 1 else size
+    if size == WORD and stride >= size and _evenly_spaced(usages, stride):
+        # An array of usages (a node's early sections): one unpack for the span.
+        gap = struct.Struct(f"<Q{stride - size}x")
+        return [word for word, in gap.iter_unpack(data + bytes(stride - size))]
     from_bytes = int.from_bytes
     return [from_bytes(data[at:at + size], "little")
             for at in map(operator.sub, usages, repeat(start))]
+
+
+def _evenly_spaced(values: Sequence[int], step: int) -> bool:
+    """Whether ``values`` go up by ``step`` each time.
+
+    >>> _evenly_spaced([8, 24, 40], 16), _evenly_spaced([8, 24, 48], 16)
+    (True, False)
+    """
+    return values[-1] - values[0] == step * (len(values) - 1) \
+        and all(map(operator.eq, map(operator.sub, values[1:], values), repeat(step)))
 
 
 def _read_one_map(target: Target, address: int, size: int,
@@ -979,7 +994,7 @@ def read_links(kernfs: KernfsReader, nodes: Sequence[Node], blocks: Sequence[Mem
             if match:
                 links.append(link_from_kernfs(direction, number, int(match.group(1)), kn, name,
                                               kernfs, blocks_by_kn, nodes_by_kn, unreadable))
-    return sorted(links, key=lambda l: (l.direction, l.node, l.block, l.kn_address))
+    return sorted(links, key=operator.attrgetter("direction", "node", "block", "kn_address"))
 
 
 def bitmap_bits(data: bytes) -> List[int]:
