@@ -470,20 +470,20 @@ def check_memmap_without_memblock(ctx: _Context) -> List[Finding]:
 # ------------------------------------------------------------------ links
 
 class _Links:
-    """Links indexed both ways, plus the nodes each block belongs to."""
+    """The links of each block, which (direction, node, block) triples have
+    a link counting as present, and the nodes each block belongs to."""
 
     def __init__(self, ctx: _Context):
-        self.node_to_block: Dict[Tuple[int, int], List[NodeLink]] = defaultdict(list)
-        self.block_to_node: Dict[Tuple[int, int], List[NodeLink]] = defaultdict(list)
         self.by_block: Dict[int, List[NodeLink]] = defaultdict(list)
+        self.present: set = set()
         for link in ctx.model.links:
-            index = self.node_to_block if link.direction == NODE_TO_BLOCK else self.block_to_node
-            index[(link.node, link.block)].append(link)
             self.by_block[link.block].append(link)
+            if _counts_as_present(link):
+                self.present.add((link.direction, link.node, link.block))
         self.block_nodes = _block_nodes(ctx)
 
-    def live(self, index: Dict[Tuple[int, int], List[NodeLink]], node: int, block: int) -> bool:
-        return any(_counts_as_present(link) for link in index.get((node, block), ()))
+    def has(self, direction: str, node: int, block: int) -> bool:
+        return (direction, node, block) in self.present
 
 
 # NodeLink.target_dead_reasons of a link whose target the dump lacks
@@ -646,12 +646,8 @@ def _missing_directions(links: _Links, nid: int, block_id: int) -> List[str]:
         # No node known: any live link of the block counts.
         has_any = any(_counts_as_present(l) for l in links.by_block.get(block_id, ()))
         return [] if has_any else [NODE_TO_BLOCK, BLOCK_TO_NODE]
-    missing = []
-    if not links.live(links.node_to_block, nid, block_id):
-        missing.append(NODE_TO_BLOCK)
-    if not links.live(links.block_to_node, nid, block_id):
-        missing.append(BLOCK_TO_NODE)
-    return missing
+    return [direction for direction in (NODE_TO_BLOCK, BLOCK_TO_NODE)
+            if not links.has(direction, nid, block_id)]
 
 
 def _missing_link_finding(ctx: _Context, links: _Links, block, nid: int,

@@ -410,7 +410,7 @@ def _evenly_spaced(values: Sequence[int], step: int) -> bool:
     (True, False)
     """
     return values[-1] - values[0] == step * (len(values) - 1) \
-        and all(map(operator.eq, map(operator.sub, values[1:], values), repeat(step)))
+        and list(values) == list(range(values[0], values[-1] + 1, step))
 
 
 def _read_one_map(target: Target, address: int, size: int,
