@@ -135,6 +135,14 @@ class PageCache:
     (b'\\x10\\x11', b'\\xfe\\xff\\x00\\x01', 2)
     """
 
+    @classmethod
+    def of(cls, target: Target, page_size: int) -> "PageCache":
+        """``target`` itself when it already is a PageCache of ``page_size``
+        pages (one cache shared by several readers reads a page once)."""
+        if isinstance(target, cls) and target.page_size == page_size:
+            return target
+        return cls(target, page_size)
+
     def __init__(self, target: Target, page_size: int):
         self.target = target
         self.page_size = page_size
@@ -691,7 +699,7 @@ class KernfsReader:
 
     def __init__(self, target: Target, layout: KernfsLayout, page_size: int,
                  max_children: int = 1 << 22):
-        self.target = PageCache(target, page_size)
+        self.target = PageCache.of(target, page_size)
         self.layout = layout
         self.page_size = page_size
         self.max_children = max_children
@@ -1056,9 +1064,11 @@ def _read_model(target: Target) -> Model:
                              facts.nr_mem_sections, facts.page_size,
                              section_layout(target, facts), unreadable)
     memory, reserved = read_memblock(target, facts, unreadable)
-    blocks = read_memory_blocks(target, facts, unreadable)
+    # Memory blocks and their sysfs directories may share slab pages.
+    pages = PageCache(target, facts.page_size)
+    blocks = read_memory_blocks(pages, facts, unreadable)
     nodes = read_nodes(target, facts, unreadable)
-    kernfs = KernfsReader(target, kernfs_layout(target), facts.page_size,
+    kernfs = KernfsReader(pages, kernfs_layout(target), facts.page_size,
                           kernfs_children_limit(facts))
     links = read_links(kernfs, nodes, blocks, unreadable)
     page_nids = read_page_nids(target, facts, sections, blocks, unreadable)
@@ -1310,7 +1320,7 @@ def read_memory_blocks(target: Target, facts: KernelFacts,
     """Memory blocks from the memory bus, cross-checked with the xarray."""
     layout = block_layout(target)
     # Blocks, their bus list nodes and xa_nodes are slab objects sharing pages.
-    target = PageCache(target, facts.page_size)
+    target = PageCache.of(target, facts.page_size)
     limit = max_memory_blocks(facts)
     try:
         on_bus = [dev - layout.dev for dev in memory_bus_devices(target, limit)]
