@@ -76,11 +76,6 @@ class RangeSet:
             return self.ranges[i]
         return None
 
-    @property
-    def count(self) -> int:
-        """Number of pfns in the set."""
-        return sum(e - s for s, e in self.ranges)
-
     def __or__(self, other: "RangeSet") -> "RangeSet":
         merged = heapq.merge(self.ranges, other.ranges)
         return RangeSet._from_coalesced(list(_coalesce(merged)))
@@ -105,11 +100,6 @@ class RangeSet:
             if e > start:
                 out.append((max(s, start), min(e, end)))
         return RangeSet._from_coalesced(out)
-
-    def covers(self, start: int, end: int) -> bool:
-        """True when every pfn of [start, end) is in the set."""
-        found = self.find(start)
-        return found is not None and found[1] >= end
 
     def intersects(self, start: int, end: int) -> bool:
         return bool(self.overlapping(start, end))
