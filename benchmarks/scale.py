@@ -84,7 +84,22 @@ def worker_check(kdump: str, vmlinux: str, record: str = "", repeat: str = "3") 
         with open(record, "wb") as f:
             f.write(b"".join(RANGE.pack(a, s) for a, s in reads))
     return {"load": loaded, "check_first": times[0], "check": min(times), "status": status,
-            "reads": len(reads), "rss": peak_rss_mib()}
+            "reads": len(reads), "rss": peak_rss_mib(),
+            "planted": None if record else findings_are_planted(
+                prog, Path(kdump).with_name("manifest.json"))}
+
+
+def findings_are_planted(prog, manifest: Path):
+    """Whether the check finds exactly the findings planted in a grown dump
+    (None for a dump that was not grown)."""
+    from drgn_hotplug import checks, drgn_reader
+    if not manifest.exists():
+        return None
+    key = lambda f: (f["kind"], f["severity"], f.get("start_pfn"), f.get("end_pfn"),  # noqa: E731
+                     f.get("node"), f.get("block"))
+    found = [f.to_dict() for f in checks.run_checks(drgn_reader.read_model(prog))]
+    expected = json.loads(manifest.read_text())["expected_findings"]
+    return sorted(map(key, found)) == sorted(map(key, expected))
 
 
 def merged_ranges(path: str) -> list:
@@ -398,6 +413,8 @@ def targets(rows: list) -> str:
              (big.get("check") or 1e9) <= 5 * (big.get("floor") or 0))
         line("512K: peak memory <= 1 GB", fmt(big.get("rss"), 0, " MiB"),
              (big.get("rss") or 1e9) <= 1024)
+        line("512K: findings exactly the planted ones", str(big.get("planted")),
+             big.get("planted") is True)
         line("512K: gdb front end <= 30 s", fmt(big.get("gdb"), 1, " s"),
              (big.get("gdb") or 1e9) <= 30)
     if real:
