@@ -295,7 +295,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog = open_program(core=args.core, qemu=args.qemu, symbols=args.symbols)
         model = read_model_checked(prog)
         text, status = render_command(model, args.command, getattr(args, "location", None),
-                                      as_json=args.json, version=package_version())
+                                      as_json=args.json, version=report.package_version())
     except Unanalysable as error:
         if args.debug:
             traceback.print_exc()
@@ -316,19 +316,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
     return status
-
-
-def package_version() -> str:
-    """The installed drgn-hotplug version, "" when run from a bare checkout.
-
-    >>> isinstance(package_version(), str)
-    True
-    """
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("drgn-hotplug")
-    except PackageNotFoundError:
-        return ""
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from drgn import Program
 from drgn.commands import CommandError, argument
 from drgn.commands.linux import linux_kernel_command
 
-from .cli import COMMANDS, Unanalysable, package_version, read_model_checked, render_command
+from . import report
+from .cli import COMMANDS, Unanalysable, read_model_checked, render_command
 
 
 @linux_kernel_command(
@@ -39,7 +40,7 @@ def _cmd_memhp(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any
     try:
         text, status = render_command(read_model_checked(prog), args.subcommand,
                                       args.location, as_json=args.json,
-                                      version=package_version())
+                                      version=report.package_version())
     except Unanalysable as error:
         raise CommandError(str(error)) from error
     print(text)

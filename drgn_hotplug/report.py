@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from tabulate import tabulate
@@ -197,6 +198,28 @@ def finding_dict(finding: Finding) -> Dict[str, Any]:
             out[key] = value
     out["facts"] = finding.facts
     return out
+
+
+def package_version() -> str:
+    """drgn-hotplug's version for the JSON documents of every front end:
+    the installed package's, else the checkout's pyproject.toml (gdb's
+    Python usually cannot see a package installed for another Python), ""
+    when neither says.
+
+    >>> package_version().count(".")
+    2
+    """
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("drgn-hotplug")
+    except PackageNotFoundError:
+        pass
+    try:
+        import tomllib  # Python 3.11+
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+            return tomllib.load(f)["project"]["version"]
+    except (ImportError, OSError, KeyError, ValueError):
+        return ""
 
 
 # Levels of the document laid out one member per line; deeper values are

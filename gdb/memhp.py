@@ -27,7 +27,7 @@ if os.path.isfile(os.path.join(_CHECKOUT, "drgn_hotplug", "__init__.py")) \
     sys.path.insert(0, _CHECKOUT)
 
 try:
-    from drgn_hotplug import checks, cli, gdb_reader, layout
+    from drgn_hotplug import checks, cli, gdb_reader, layout, report
 except ImportError as _error:  # a missing dependency must say how to get it, in one line
     _IMPORT_ERROR = (
         f"memhp: not loaded: cannot import drgn_hotplug ({_error}); gdb runs {sys.executable} "
@@ -92,27 +92,10 @@ class MemhpReport(gdb.Command):
         try:
             text, _ = cli.render_command(read_model(), self.report,
                                          operands[0] if operands else None,
-                                         as_json="--json" in args, version=package_version())
+                                         as_json="--json" in args, version=report.package_version())
         except cli.Unanalysable as error:
             raise gdb.GdbError(f"memhp {self.report}: {error}") from None
         gdb.write(text if text.endswith("\n") else text + "\n")
-
-
-def package_version():
-    """drgn-hotplug's version, as the drgn front end puts it in JSON documents:
-    from the installed package, else from the checkout's pyproject.toml
-    (gdb's Python usually cannot see a package installed for another Python)."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("drgn-hotplug")
-    except PackageNotFoundError:
-        pass
-    try:
-        import tomllib
-        with open(os.path.join(_CHECKOUT, "pyproject.toml"), "rb") as f:
-            return tomllib.load(f)["project"]["version"]
-    except (ImportError, OSError, KeyError, ValueError):
-        return ""
 
 
 class MemhpKaslr(gdb.Command):
