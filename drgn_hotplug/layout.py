@@ -23,6 +23,7 @@ import itertools
 import operator
 import re
 import struct
+import sys
 from array import array
 from dataclasses import dataclass
 from itertools import compress, repeat
@@ -402,10 +403,13 @@ def _span_maps(target: Target, usages: Sequence[int], layout: SectionLayout,
     except ReadError:
         return [_read_one_map(target, usage + offset, size, unreadable) for usage in usages]
     stride = usages[1] - start if len(usages) > 1 else size
-    if size == WORD and stride >= size and _evenly_spaced(usages, stride):
-        # An array of usages (a node's early sections): one unpack for the span.
-        gap = struct.Struct(f"<Q{stride - size}x")
-        return [word for word, in gap.iter_unpack(data + bytes(stride - size))]
+    if size == WORD and stride % WORD == 0 and stride and _evenly_spaced(usages, stride):
+        # An array of usages (a node's early sections): every map is a
+        # stride's worth of words apart, one array slice for the span.
+        words = array("Q", data)
+        if sys.byteorder == "big":
+            words.byteswap()
+        return words[::stride // WORD].tolist()
     from_bytes = int.from_bytes
     return [from_bytes(data[at:at + size], "little")
             for at in map(operator.sub, usages, repeat(start))]
@@ -418,7 +422,7 @@ def _evenly_spaced(values: Sequence[int], step: int) -> bool:
     (True, False)
     """
     return values[-1] - values[0] == step * (len(values) - 1) \
-        and list(values) == list(range(values[0], values[-1] + 1, step))
+        and array("Q", values) == array("Q", range(values[0], values[-1] + 1, step))
 
 
 def _read_one_map(target: Target, address: int, size: int,
