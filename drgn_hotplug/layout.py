@@ -715,7 +715,7 @@ class KernfsReader:
         self._nodes: Dict[int, KernfsNode] = {}
         self._names: Dict[int, str] = {}
         self._dead_reasons: Dict[int, Tuple[str, ...]] = {}
-        # directory -> the rb_node addresses of its children
+        # parent directory -> the rb_node addresses of its children
         self._children: Dict[int, set] = {}
 
     def node(self, address: int) -> KernfsNode:
@@ -758,18 +758,20 @@ class KernfsReader:
             self.target, directory + self.layout.children, self.max_children)]
 
     def links(self, directory: int) -> List[KernfsNode]:
-        """The children of a directory that are symlinks.
+        """The children of a directory that are symlinks, in name order.
 
         When a read fails the tree is walked again word by word, so the
         error names the very link that could not be read.
         """
+        return self._walked(directory)[1]
+
+    def _walked(self, directory: int) -> Tuple[set, List[KernfsNode]]:
+        # When a read fails, the word-by-word walk names the failing link.
         try:
-            addresses, links = self._walk(directory)
+            return self._walk(directory)
         except ReadError:
             walk_rbtree(self.target, directory + self.layout.children, self.max_children)
             raise
-        self._children[directory] = addresses
-        return links
 
     def _walk(self, directory: int) -> Tuple[set, List[KernfsNode]]:
         """(rb_node addresses of the children, the links among them in the
@@ -811,10 +813,13 @@ class KernfsReader:
                 links.append(found)
 
     def in_parent(self, kn: KernfsNode) -> bool:
+        """Whether ``kn`` is in its parent's rbtree (link targets have a
+        handful of parents: their children are remembered, not every
+        directory's)."""
         if not kn.parent:
             return False
         if kn.parent not in self._children:
-            self.links(kn.parent)
+            self._children[kn.parent] = self._walked(kn.parent)[0]
         return kn.address + self.layout.rb in self._children[kn.parent]
 
 
