@@ -249,21 +249,43 @@ def decode_section_roots(data: bytes, roots: Sequence[Tuple[int, int]], per_root
     >>> [list(column) for column in columns]
     [[65], [4112], [3], [0], [3]]
     """
-    words = decode_words(data)
     size = layout.sizeof_section
     per = size // WORD
-    # Every mem_section's words at once: a strided slice per field, and the
-    # present ones picked by their non-zero section_mem_map.
+    words = array("Q", data)
+    if sys.byteorder == "big":
+        words.byteswap()
+    # Every mem_section's words at once: a strided slice per field.
     mem_maps = words[0::per]
-    usages = repeat(0) if layout.usage_offset is None else words[layout.usage_offset // WORD::per]
-    nrs = itertools.chain.from_iterable(range(first, first + per_root) for first, _ in roots)
-    addresses = itertools.chain.from_iterable(range(root, root + per_root * size, size)
-                                              for _, root in roots)
-    return SectionColumns(array("Q", compress(nrs, mem_maps)),
-                          array("Q", compress(addresses, mem_maps)),
-                          array("Q", compress(mem_maps, mem_maps)),
-                          array("Q", compress(usages, mem_maps)),
-                          bytes(compress(data[0::size], mem_maps)))
+    usages = (array("Q", bytes(WORD * len(mem_maps))) if layout.usage_offset is None
+              else words[layout.usage_offset // WORD::per])
+    flag_bytes = data[0::size]
+    columns = SectionColumns(array("Q"), array("Q"), array("Q"), array("Q"), bytearray())
+    for first_nr, address, lo, hi in _root_runs(roots, per_root, size):
+        # The present sections (non-zero section_mem_map) of the run: a
+        # full run, the common case, is copied whole.
+        keep = bytes(map(bool, mem_maps[lo:hi])) if 0 in mem_maps[lo:hi] else None
+        for column, values in zip(columns, (range(first_nr, first_nr + hi - lo),
+                                            range(address, address + (hi - lo) * size, size),
+                                            mem_maps[lo:hi], usages[lo:hi], flag_bytes[lo:hi])):
+            column.extend(values if keep is None else compress(values, keep))
+    return columns._replace(flag_bytes=bytes(columns.flag_bytes))
+
+
+def _root_runs(roots: Sequence[Tuple[int, int]], per_root: int,
+               size: int) -> Iterator[Tuple[int, int, int, int]]:
+    """(first section number, address, first index, end index) of each run
+    of roots that follow one another in memory and in numbering: one per
+    root with SPARSEMEM_EXTREME, one for the whole static array without.
+
+    >>> list(_root_runs([(0, 0x1000), (1, 0x1010), (5, 0x9000)], 1, 16))
+    [(0, 4096, 0, 2), (5, 36864, 2, 3)]
+    """
+    start = 0
+    for i in range(1, len(roots) + 1):
+        if i == len(roots) or roots[i] != (roots[i - 1][0] + per_root,
+                                           roots[i - 1][1] + per_root * size):
+            yield roots[start][0], roots[start][1], start * per_root, i * per_root
+            start = i
 
 
 def read_sections(target: Target, mem_section: int, extreme: bool, nr_mem_sections: int,
