@@ -101,7 +101,7 @@ def uint_at(data: bytes, offset: int, size: int = 4) -> int:
 
 
 def read_word(target: Target, address: int) -> int:
-    return word_at(target.read(address, WORD), 0)
+    return int.from_bytes(target.read(address, WORD), "little")
 
 
 def read_cstring(target: Target, address: int, limit: int = 256, page_size: int = 4096) -> str:
