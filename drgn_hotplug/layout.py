@@ -19,7 +19,6 @@ import bisect
 import contextlib
 import functools
 import gc
-import itertools
 import operator
 import re
 import struct
@@ -263,10 +262,11 @@ def decode_section_roots(data: bytes, roots: Sequence[Tuple[int, int]], per_root
     for first_nr, address, lo, hi in _root_runs(roots, per_root, size):
         # The present sections (non-zero section_mem_map) of the run: a
         # full run, the common case, is copied whole.
-        keep = bytes(map(bool, mem_maps[lo:hi])) if 0 in mem_maps[lo:hi] else None
+        run_maps = mem_maps[lo:hi]
+        keep = bytes(map(bool, run_maps)) if 0 in run_maps else None
         for column, values in zip(columns, (range(first_nr, first_nr + hi - lo),
                                             range(address, address + (hi - lo) * size, size),
-                                            mem_maps[lo:hi], usages[lo:hi], flag_bytes[lo:hi])):
+                                            run_maps, usages[lo:hi], flag_bytes[lo:hi])):
             column.extend(values if keep is None else compress(values, keep))
     return columns._replace(flag_bytes=bytes(columns.flag_bytes))
 
