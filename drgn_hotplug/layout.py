@@ -153,10 +153,7 @@ class PageCache:
         return getattr(self.target, name)
 
     def read(self, address: int, size: int) -> bytes:
-        offset = address % self.page_size
-        data = self.pages.get(address - offset)
-        if data is None or offset + size > self.page_size:
-            data, offset = self.view(address, size)
+        data, offset = self.view(address, size)
         return data[offset:offset + size]
 
     def view(self, address: int, size: int) -> Tuple[bytes, int]:
