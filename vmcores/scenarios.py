@@ -3,9 +3,9 @@
 - ``boot``: nothing hotplugged.
 - ``hotplug``: two DIMMs hot-added (node 1, then node 0), onlined movable; the
   first one is then offlined and hot-removed for real (device_del + ACPI eject).
-- ``orphan`` (x86_64): as hotplug, but the function that removes the
-  node<->block links is patched to return at once during the hot-remove, which
-  leaves dangling ``nodeN/memoryM`` links, as the 2019 arm64 bug did.
+- ``orphan``: as hotplug, but the function that removes the node<->block
+  links is patched to return at once during the hot-remove, which leaves
+  dangling ``nodeN/memoryM`` links, as the 2019 arm64 bug did.
 - ``pmem`` (x86_64): a ``memmap=`` pmem range set up as fsdax with its memmap
   in RAM, i.e. a ZONE_DEVICE section without memory block.
 - ``discard`` (x86_64): enough ``memmap=`` holes that memblock.memory outgrows
@@ -36,10 +36,15 @@ HOTPLUG_TIMEOUT_S = 120
 # ("mm/memory_hotplug: Make unregister_memory_block_under_nodes() never fail",
 # D. Hildenbrand, 2019) and keeps it through 6.12.
 UNLINK_FUNCTION = "unregister_memory_block_under_nodes"
-X86_RET = b"\xc3"
+
+# An instruction that returns at once, per arch: x86 ``ret``; arm64 ``ret``
+# (RET X30, 0xd65f03c0, little-endian). Overwriting the first instruction is
+# safe on arm64 even when it is BTI ``bti c`` or PAC ``paciasp``: the call is
+# a direct BL (no BTI landing check) and LR has not been signed yet.
+RETURN_NOW = {"x86_64": b"\xc3", "arm64": (0xD65F03C0).to_bytes(4, "little")}
 
 # DIMM size per arch: a whole number of memory blocks (x86_64: 128 MiB blocks;
-# arm64 5.10: 1 GiB sections).
+# arm64: 1 GiB sections before v5.12, 128 MiB since).
 DIMM_MIB = {"x86_64": 256, "arm64": 1024}
 
 
@@ -106,13 +111,14 @@ class LiveGuest(Guest):
         return self.record(op="hot-remove", dimm=dimm, node=added["node"], blocks=added["blocks"])
 
     def patch_return(self, symbol: str) -> dict:
-        """Make a kernel function return at once (x86 ``ret`` at its entry), over the gdbstub."""
+        """Make a kernel function return at once (``ret`` at its entry), over the gdbstub."""
         address = self.kernel_meta["symbols"][symbol] + self.kaslr_offset
+        ret = RETURN_NOW[self.spec.arch]
         with GdbRemote(self.gdb_port) as gdb:
-            old = gdb.read(address, len(X86_RET))
-            gdb.write(address, X86_RET)
+            old = gdb.read(address, len(ret))
+            gdb.write(address, ret)
         self.patched[symbol] = {"address": address, "old": old}
-        return self.record(op="patch", symbol=symbol, address=address, old=old.hex(), new=X86_RET.hex())
+        return self.record(op="patch", symbol=symbol, address=address, old=old.hex(), new=ret.hex())
 
     def unpatch(self, symbol: str) -> dict:
         patch = self.patched.pop(symbol)
@@ -208,7 +214,7 @@ SCENARIOS = {
     for s in (
         Scenario("boot", ("x86_64", "arm64"), lambda g: None),
         Scenario("hotplug", ("x86_64", "arm64"), hotplug_steps),
-        Scenario("orphan", ("x86_64",), orphan_steps),
+        Scenario("orphan", ("x86_64", "arm64"), orphan_steps),
         Scenario("pmem", ("x86_64",), pmem_steps, cmdline=f"memmap={PMEM_SIZE:#x}!{PMEM_START:#x}",
                  modules=["nd_e820", "nd_pmem"]),
         Scenario("discard", ("x86_64",), lambda g: None, cmdline=DISCARD_CMDLINE),
