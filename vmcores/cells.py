@@ -30,10 +30,11 @@ from typing import Iterator
 from . import dumpfmt
 from .guest import X86_CMDLINE, GuestSpec
 from .initramfs import build_initramfs
-from .packages import Kernel, cache_root, fetch_busybox, fetch_kernel
+from .packages import SERIES, Kernel, cache_root, fetch_busybox, fetch_kernel, kernels
 from .scenarios import SCENARIOS, LiveGuest
 
-KERNELS = {"x86_64": ("5.10", "6.1", "6.12"), "arm64": ("5.10", "6.1")}
+# Series ids per arch, from the series table (vmcores.packages.SERIES).
+KERNELS = kernels()
 
 # The files whose code decides what a guest does and what its cell records
 # (packages are keyed by their version instead), per arch.
@@ -44,8 +45,8 @@ ARCH_BED_FILES = {"x86_64": (), "arm64": ("aarch64.py", "arm64_bed.py")}
 def matrix() -> list[tuple[str, str, str]]:
     """Every (arch, kernel, scenario) the bed builds.
 
-    >>> len(matrix()), matrix()[0]
-    (19, ('x86_64', '5.10', 'boot'))
+    >>> matrix()[0], ("x86_64", "7.x", "orphan") in matrix(), ("arm64", "6.12", "boot") in matrix()
+    (('x86_64', '5.10', 'boot'), True, False)
     """
     return [(arch, kernel, name) for arch, kernels in KERNELS.items() for kernel in kernels
             for name, s in SCENARIOS.items() if arch in s.arches]
@@ -135,12 +136,46 @@ def build_cell(arch: str, kernel: str, scenario: str) -> Cell:
 def prune_older_cells(newest: Path, keep: int = 2) -> None:
     """Delete the older builds of the same cell, keeping the ``keep`` newest
     (a test may still be reading the previous one); keeps the cache small."""
-    arch, kernel, scenario = newest.name.split("-")[:3]
+    arch, kernel, scenario = cell_key(newest.name)
     builds = sorted(cells_dir().glob(f"{arch}-{kernel}-{scenario}-*/cell.json"),
                     key=lambda p: p.stat().st_mtime, reverse=True)
     for old in builds[keep:]:
         shutil.rmtree(old.parent, ignore_errors=True)
         (cells_dir() / f".{old.parent.name}.lock").unlink(missing_ok=True)
+
+
+def cell_key(name: str) -> tuple[str, str, str]:
+    """The (arch, kernel, scenario) of a cell directory name; series ids hold no
+    "-" (vmcores.packages.Series), package versions may.
+
+    >>> cell_key("x86_64-7.x-orphan-7.3.4-1~bpo13+1-0123456789")
+    ('x86_64', '7.x', 'orphan')
+    >>> cell_key("arm64-6.12+deb13-boot-6.12.118-1-0123456789")
+    ('arm64', '6.12+deb13', 'boot')
+    """
+    arch, kernel, scenario = name.split("-")[:3]
+    return arch, kernel, scenario
+
+
+def kernels_proven() -> list[dict]:
+    """One row per series and arch, for the README's table of the kernels
+    proven: the suite from the series table and, where cells of the current
+    bed code are cached, the ABI, package version and scenarios built.
+
+    >>> kernels_proven()[0]["arch"], kernels_proven()[0]["series"], kernels_proven()[0]["suite"]
+    ('x86_64', '5.10', 'bullseye')
+    """
+    rows = []
+    for arch, ids in KERNELS.items():
+        for kernel in ids:
+            row = {"arch": arch, "series": kernel, "suite": next(s.suite for s in SERIES if s.id == kernel),
+                   "abi": None, "package_version": None, "scenarios": []}
+            for path in sorted(cells_dir().glob(f"{arch}-{kernel}-*-{bed_hash(arch)}/cell.json")):
+                meta = json.loads(path.read_text())
+                row.update(abi=meta["abi"], package_version=meta["package_version"])
+                row["scenarios"].append(meta["scenario"])
+            rows.append(row)
+    return rows
 
 
 def guest_spec(k: Kernel, scenario: str, workdir: Path) -> GuestSpec:

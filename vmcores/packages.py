@@ -35,16 +35,117 @@ LISTS_MAX_AGE_S = 12 * 3600
 
 DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
 
-# (arch, series) -> (apt sources, regex of the ABI part of the package name).
-# arm64 5.10 uses bullseye main only: bullseye-security's newer arm64 5.10
-# packages are missing from the mirror (testbed-notes).
-SERIES = {
-    ("x86_64", "5.10"): ([(DEBIAN, "bullseye"), (SECURITY, "bullseye-security")], r"5\.10\.0-\d+"),
-    ("x86_64", "6.1"): ([(DEBIAN, "bookworm"), (SECURITY, "bookworm-security")], r"6\.1\.0-\d+"),
-    ("x86_64", "6.12"): ([(DEBIAN, "bookworm"), (SECURITY, "bookworm-security")], r"6\.12\.\d+\+deb12"),
-    ("arm64", "5.10"): ([(DEBIAN, "bullseye")], r"5\.10\.0-\d+"),
-    ("arm64", "6.1"): ([(DEBIAN, "bookworm"), (SECURITY, "bookworm-security")], r"6\.1\.0-\d+"),
-}
+
+@dataclass(frozen=True)
+class Layout:
+    """How Debian packages a cloud kernel: for each package (a name template of
+    ``{abi}``), the members the bed extracts and the name each gets in the
+    kernel directory; ``modules`` names the package holding the ``.ko`` files.
+
+    >>> UNSIGNED.package_names("6.1.0-9-cloud-amd64")
+    ['linux-image-6.1.0-9-cloud-amd64-unsigned', 'linux-image-6.1.0-9-cloud-amd64-dbg']
+    >>> SPLIT.members("linux-base-{abi}", "7.3.4+deb13-cloud-amd64")
+    {'./usr/lib/modules/7.3.4+deb13-cloud-amd64/config': 'config'}
+    """
+
+    files: dict[str, dict[str, str]]
+    modules: str
+
+    def package_names(self, abi: str) -> list[str]:
+        return [template.format(abi=abi) for template in self.files]
+
+    def members(self, template: str, abi: str) -> dict[str, str]:
+        return {member.format(abi=abi): name for member, name in self.files[template].items()}
+
+
+# Up to 6.12: one image package with vmlinuz, config and modules, plus -dbg.
+UNSIGNED = Layout({
+    "linux-image-{abi}-unsigned": {"./boot/vmlinuz-{abi}": "vmlinuz", "./boot/config-{abi}": "config"},
+    "linux-image-{abi}-dbg": {"./usr/lib/debug/boot/vmlinux-{abi}": "vmlinux"},
+}, modules="linux-image-{abi}-unsigned")
+
+# Debian's 7.x packaging (trixie-backports 7.2 and 7.3): linux-image-ABI is an
+# empty signed metapackage over linux-binary (vmlinuz), linux-modules and
+# linux-base (config); in -dbg, boot/vmlinux-ABI became a symlink to
+# lib/modules/ABI/vmlinux, which a streamed tar cannot follow.
+SPLIT = Layout({
+    "linux-binary-{abi}": {"./usr/lib/modules/{abi}/vmlinuz": "vmlinuz"},
+    "linux-base-{abi}": {"./usr/lib/modules/{abi}/config": "config"},
+    "linux-modules-{abi}": {},
+    "linux-image-{abi}-dbg": {"./usr/lib/debug/lib/modules/{abi}/vmlinux": "vmlinux"},
+}, modules="linux-modules-{abi}")
+
+BOTH = ("x86_64", "arm64")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One kernel series the bed boots: its id (in cell names, ``--kernel`` and
+    tests; never a "-", which separates the fields of a cell name), the Debian
+    suites it is fetched from, the ABI part of its package names, its package
+    layout and its arches; ``suites_of`` overrides the suites for one arch.
+
+    >>> series("6.12+deb13").sources("arm64")
+    [('http://deb.debian.org/debian', 'trixie'), ('http://deb.debian.org/debian-security', 'trixie-security')]
+    >>> series("5.10").sources("arm64")
+    [('http://deb.debian.org/debian', 'bullseye')]
+    """
+
+    id: str
+    suites: tuple[str, ...]
+    abi_re: str
+    layout: Layout
+    arches: tuple[str, ...] = BOTH
+    suites_of: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def __post_init__(self):
+        if "-" in self.id:
+            raise ValueError(f"series id {self.id!r} contains '-', which separates cell name fields")
+
+    @property
+    def suite(self) -> str:
+        """The Debian suite the series belongs to (its first one)."""
+        return self.suites[0]
+
+    def sources(self, arch: str) -> list[tuple[str, str]]:
+        suites = dict(self.suites_of).get(arch, self.suites)
+        return [(SECURITY if s.endswith("-security") else DEBIAN, s) for s in suites]
+
+
+# The kernel series table: adding a series is one line. Newest ABI of each
+# at build time. arm64 5.10 uses bullseye main only: bullseye-security's newer
+# arm64 5.10 packages are missing from the mirror (testbed-notes). Bookworm's
+# 6.12 (+deb12) runs on x86_64 only; arm64 gets trixie's.
+SERIES = (
+    Series("5.10", ("bullseye", "bullseye-security"), r"5\.10\.0-\d+", UNSIGNED,
+           suites_of=(("arm64", ("bullseye",)),)),
+    Series("6.1", ("bookworm", "bookworm-security"), r"6\.1\.0-\d+", UNSIGNED),
+    Series("6.12", ("bookworm", "bookworm-security"), r"6\.12\.\d+\+deb12[^-]*", UNSIGNED, ("x86_64",)),
+    Series("6.12+deb13", ("trixie", "trixie-security"), r"6\.12\.\d+\+deb13[^-]*", UNSIGNED),
+    Series("7.x", ("trixie-backports",), r"7\.\d+\.\d+\+deb13[^-]*", SPLIT),
+)
+
+
+def series(series_id: str) -> Series:
+    """The row of SERIES with this id.
+
+    >>> series("7.x").suite, series("7.x").layout is SPLIT
+    ('trixie-backports', True)
+    """
+    for s in SERIES:
+        if s.id == series_id:
+            return s
+    raise PackageError(f"no kernel series {series_id}: choose among {', '.join(s.id for s in SERIES)}")
+
+
+def kernels() -> dict[str, tuple[str, ...]]:
+    """The series ids per arch, in table order.
+
+    >>> kernels()["arm64"]
+    ('5.10', '6.1', '6.12+deb13', '7.x')
+    """
+    return {arch: tuple(s.id for s in SERIES if arch in s.arches) for arch in DEB_ARCH}
+
 
 # Kernel symbols whose link-time address the bed needs (KASLR offset, orphan patch).
 SYMBOLS = ("_stext", "unregister_memory_block_under_nodes")
@@ -222,25 +323,27 @@ class Kernel:
 MODULE_ROOTS = ("qemu_fw_cfg", "nd_e820", "nd_pmem", "dax_pmem")
 
 
-def newest_kernel(arch: str, series: str) -> tuple[AptRoot, list[str]]:
+def newest_kernel(arch: str, series_id: str) -> tuple[AptRoot, list[str]]:
     """Candidate ABIs of a series, newest first.
 
     >>> newest_kernel("x86_64", "6.1")[1][0]          # doctest: +SKIP
     '6.1.0-56-cloud-amd64'
     """
-    if (arch, series) not in SERIES:
-        raise PackageError(f"no kernel series {series} for {arch}")
-    sources, abi_re = SERIES[(arch, series)]
-    apt = AptRoot(sources, DEB_ARCH[arch])
+    row = series(series_id)
+    if arch not in row.arches:
+        raise PackageError(f"no kernel series {series_id} for {arch}")
+    apt = AptRoot(row.sources(arch), DEB_ARCH[arch])
     apt.ensure_lists()
-    return apt, apt.remembered(f"abis-{arch}-{series}", lambda: kernel_abis(apt, arch, abi_re))
+    return apt, apt.remembered(f"abis-{arch}-{series_id}", lambda: kernel_abis(apt, arch, row))
 
 
-def kernel_abis(apt: AptRoot, arch: str, abi_re: str) -> list[str]:
-    flavour = f"cloud-{DEB_ARCH[arch]}"
-    pattern = re.compile(rf"linux-image-({abi_re}-{flavour})-unsigned$")
-    abis = [m.group(1) for name in apt.pkgnames("linux-image-") if (m := pattern.match(name))]
-    return sorted(abis, key=abi_sort_key, reverse=True)
+def kernel_abis(apt: AptRoot, arch: str, row: Series) -> list[str]:
+    """The ABIs of a series whose every package of its layout the lists name."""
+    names = set(apt.pkgnames("linux-"))
+    pattern = re.compile(rf"linux-[a-z]+-({row.abi_re}-cloud-{DEB_ARCH[arch]})")
+    abis = {m.group(1) for name in names if (m := pattern.fullmatch(name))}
+    complete = [abi for abi in abis if names.issuperset(row.layout.package_names(abi))]
+    return sorted(complete, key=abi_sort_key, reverse=True)
 
 
 def abi_sort_key(abi: str) -> tuple[int, ...]:
@@ -252,30 +355,31 @@ def abi_sort_key(abi: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", abi))
 
 
-def resolved_kernel(arch: str, series: str) -> tuple[str, str]:
+def resolved_kernel(arch: str, series_id: str) -> tuple[str, str]:
     """The (abi, package version) the bed uses now: the newest one already
     unpacked if the lists are unchanged, else the newest one that downloads.
 
     Bullseye-security's newest 5.10 ABIs may 404 on the mirror (testbed-notes),
     hence the fall back to older candidates.
     """
-    apt, candidates = newest_kernel(arch, series)
+    apt, candidates = newest_kernel(arch, series_id)
+    layout = series(series_id).layout
 
     def first_that_unpacks() -> list[str]:
         errors = []
         for abi in candidates:
-            version = apt.version(f"linux-image-{abi}-unsigned")
+            version = apt.version(layout.package_names(abi)[0])
             kdir = cache_root() / "kernels" / f"{abi}-{version}-{arch}"
             if (kdir / "kernel.json").exists():
                 return [abi, version]
             try:
-                unpack_kernel(apt, arch, series, abi, version, kdir)
+                unpack_kernel(apt, arch, series_id, abi, version, kdir)
                 return [abi, version]
             except PackageError as err:
                 errors.append(str(err))
-        raise PackageError(f"no {arch} {series} kernel could be fetched: {'; '.join(errors)}")
+        raise PackageError(f"no {arch} {series_id} kernel could be fetched: {'; '.join(errors) or 'no candidate'}")
 
-    abi, version = apt.remembered(f"kernel-{arch}-{series}", first_that_unpacks)
+    abi, version = apt.remembered(f"kernel-{arch}-{series_id}", first_that_unpacks)
     return abi, version
 
 
@@ -296,44 +400,54 @@ def fetch_kernel(arch: str, series: str) -> Kernel:
     return Kernel(arch, series, abi, version, cache_root() / "kernels" / f"{abi}-{version}-{arch}")
 
 
-def unpack_kernel(apt: AptRoot, arch: str, series: str, abi: str, version: str, kdir: Path) -> None:
-    """Download the image and -dbg packages and extract only what the bed uses into kdir."""
-    image_deb = apt.download(f"linux-image-{abi}-unsigned", version)
-    dbg_deb = apt.download(f"linux-image-{abi}-dbg", version)
+def unpack_kernel(apt: AptRoot, arch: str, series_id: str, abi: str, version: str, kdir: Path) -> None:
+    """Download the packages of a kernel and extract only what the bed uses into kdir."""
+    layout = series(series_id).layout
+    debs = {t: apt.download(t.format(abi=abi), apt.version(t.format(abi=abi))) for t in layout.files}
     tmp = kdir.with_name(kdir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "modules").mkdir(parents=True)
-    deps = extract_image_package(image_deb, abi, tmp)
-    extract_vmlinux(dbg_deb, abi, tmp)
-    meta = {"arch": arch, "series": series, "abi": abi, "version": version,
+    deps: dict[str, list[str]] = {}
+    for template, deb in debs.items():
+        modules = extract_members(deb, layout.members(template, abi), tmp, template == layout.modules)
+        if template == layout.modules:
+            deps = extract_modules(modules, deb.name, tmp / "modules")
+    meta = {"arch": arch, "series": series_id, "abi": abi, "version": version,
             "module_deps": deps, "symbols": link_addresses(tmp / "vmlinux", SYMBOLS)}
     (tmp / "kernel.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(kdir, ignore_errors=True)
     tmp.rename(kdir)
     # The -dbg package (~280 MB) is mostly module debug info the bed never reads.
-    dbg_deb.unlink()
+    debs["linux-image-{abi}-dbg"].unlink()
 
 
-def extract_image_package(deb: Path, abi: str, out: Path) -> dict[str, list[str]]:
-    """Extract vmlinuz, config and the closure of MODULE_ROOTS (decompressed) from an image .deb.
-
-    Debian's packages ship no modules.dep (depmod runs at install time), so the
-    dependencies come from each module's ``.modinfo`` ``depends=``. Returns the
-    dependency map of the extracted modules.
-    """
+def extract_members(deb: Path, wanted: dict[str, str], out: Path, with_modules: bool) -> dict[str, bytes]:
+    """Write the ``wanted`` members of a .deb (member path -> file name in ``out``);
+    returns its ``.ko``/``.ko.xz`` files by name if ``with_modules``. Stops
+    reading once all is found (a -dbg package is ~1 GB unpacked)."""
     modules: dict[str, bytes] = {}
+    missing = dict(wanted)
     with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as proc:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             for member in tar:
-                name = member.name
-                if name == f"./boot/vmlinuz-{abi}":
-                    write_member(tar, member, out / "vmlinuz")
-                elif name == f"./boot/config-{abi}":
-                    write_member(tar, member, out / "config")
-                elif member.isfile() and re.search(r"\.ko(\.xz)?$", name):
-                    modules[Path(name).name] = tar.extractfile(member).read()
-    if proc.returncode or not (out / "vmlinuz").exists():
-        raise PackageError(f"{deb.name} holds no vmlinuz-{abi}")
+                if member.isfile() and member.name in missing:
+                    write_member(tar, member, out / missing.pop(member.name))
+                elif with_modules and member.isfile() and re.search(r"\.ko(\.xz)?$", member.name):
+                    modules[Path(member.name).name] = tar.extractfile(member).read()
+                if not missing and not with_modules:
+                    break
+        proc.kill()
+    if missing:
+        raise PackageError(f"{deb.name} holds no {', '.join(missing)}")
+    return modules
+
+
+def extract_modules(modules: dict[str, bytes], source: str, out: Path) -> dict[str, list[str]]:
+    """Write the closure of MODULE_ROOTS (decompressed) into ``out``; returns its dependency map.
+
+    Debian's packages ship no modules.dep (depmod runs at install time), so the
+    dependencies come from each module's ``.modinfo`` ``depends=``.
+    """
     deps: dict[str, list[str]] = {}
     pending = [m for m in MODULE_ROOTS if module_blob(modules, m) is not None]
     while pending:
@@ -342,8 +456,8 @@ def extract_image_package(deb: Path, abi: str, out: Path) -> dict[str, list[str]
             continue
         code = module_blob(modules, name)
         if code is None:
-            raise PackageError(f"{deb.name}: module {name} missing")
-        (out / "modules" / f"{name}.ko").write_bytes(code)
+            raise PackageError(f"{source}: module {name} missing")
+        (out / f"{name}.ko").write_bytes(code)
         deps[name] = module_depends(code)
         pending.extend(deps[name])
     return deps
@@ -375,19 +489,6 @@ def module_depends(code: bytes) -> list[str]:
 def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
     with tar.extractfile(member) as src, open(dest, "wb") as dst:
         shutil.copyfileobj(src, dst)
-
-
-def extract_vmlinux(deb: Path, abi: str, out: Path) -> None:
-    """Extract only the debug vmlinux from a -dbg package (the rest is ~1 GB of module debug info)."""
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as proc:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                if member.name == f"./usr/lib/debug/boot/vmlinux-{abi}":
-                    write_member(tar, member, out / "vmlinux")
-                    break
-        proc.kill()
-    if not (out / "vmlinux").exists():
-        raise PackageError(f"{deb.name} holds no vmlinux-{abi}")
 
 
 def link_addresses(vmlinux: Path, names: tuple[str, ...]) -> dict[str, int]:
