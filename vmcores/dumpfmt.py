@@ -556,6 +556,10 @@ class PageTables:
         """What one descriptor at the level of ``shift`` is: "leaf", "table" or "none"."""
         raise NotImplementedError
 
+    def output_address(self, entry: int) -> int:
+        """The physical address a descriptor points at (next table, page or block)."""
+        return entry & self.address_mask
+
     def vaddr(self, index_bits: int) -> int:
         """The kernel address of table-index bits: the kernel half is the top one."""
         return index_bits | (~0 << self.va_bits) & (2**64 - 1)
@@ -584,21 +588,45 @@ class X86PageTables(PageTables):
 
 
 class Arm64PageTables(PageTables):
-    """arm64 TTBR1 tables with the 4K granule: 3 levels for 39-bit VAs, 4 for 48.
+    """arm64 TTBR1 tables with the 4K granule: 3 levels for 39-bit VAs, 4 for
+    48, 5 (from level -1, 16 root entries) for 52.
 
-    Descriptor bits[1:0]: 0b11 table (page at the last level), 0b01 block
-    (levels with 1 GiB and 2 MiB shifts only), else invalid.
+    Descriptor bits[1:0]: 0b11 table (page at the last level), 0b01 block,
+    else invalid.  52-bit VAs with 4K pages run only with FEAT_LPA2 (TCR_EL1.DS
+    = 1), whose descriptors differ (Arm ARM D8.3, "Translation table
+    descriptor formats"): output address bits [49:12] stay in place, bits
+    [51:50] move into descriptor bits [9:8] (the shareability field without
+    LPA2), and blocks are allowed at level 0 (512 GiB) as well as levels 1
+    (1 GiB) and 2 (2 MiB).
+
+    >>> t = Arm64PageTables(52)
+    >>> hex(t.output_address(0x0003_0000_4000_0403))      # bits 9:8 = 0: OA[49:12] only
+    '0x3000040000000'
+    >>> hex(t.output_address(0x0000_0000_4000_0303))      # bits 9:8 = 0b11: OA[51:50]
+    '0xc000040000000'
+    >>> hex(Arm64PageTables(48).output_address(0x0000_0000_4000_0703))  # bits 9:8 = SH
+    '0x40000000'
     """
 
     page_bits = (3, 3)
+    OA_LOW = 0x0000_FFFF_FFFF_F000              # OA[47:12], the format without LPA2
+    LPA2_OA_LOW = 0x0003_FFFF_FFFF_F000         # OA[49:12]
+    LPA2_OA_HIGH_SHIFT = 42                     # descriptor bits [9:8] -> OA[51:50]
+    LPA2_OA_HIGH = 0x300
 
     def __init__(self, va_bits: int):
-        if va_bits not in (39, 48):
-            raise DumpFormatError(f"arm64 with {va_bits}-bit kernel VAs and 4K pages "
-                                  "(LPA2, Linux 6.9+) is not supported")
+        if va_bits not in (39, 48, 52):
+            raise DumpFormatError(f"arm64 with {va_bits}-bit kernel VAs and 4K pages is not supported")
         self.va_bits = va_bits
-        self.shifts = {39: (30, 21, 12), 48: (39, 30, 21, 12)}[va_bits]
-        self.address_mask = 0x0000FFFFFFFFF000
+        self.shifts = {39: (30, 21, 12), 48: (39, 30, 21, 12), 52: (48, 39, 30, 21, 12)}[va_bits]
+        # With 4K pages the kernel sets TCR_EL1.DS exactly when it runs with
+        # 52-bit VAs (__cpu_setup sets both under ARM64_HAS_VA52;
+        # early_map_kernel() falls back to 48 bits, the old format and one
+        # level less when the CPU lacks LPA2): "arm64: Enable LPA2 at boot
+        # if supported by the system", A. Biesheuvel, v6.9.
+        self.lpa2 = va_bits == 52
+        self.address_mask = self.LPA2_OA_LOW if self.lpa2 else self.OA_LOW
+        self.block_shifts = (21, 30, 39) if self.lpa2 else (21, 30)
 
     def top_indices(self) -> range:
         return range(1 << (self.va_bits - self.shifts[0]))
@@ -607,9 +635,14 @@ class Arm64PageTables(PageTables):
         low = entry & 3
         if low == 3:
             return "leaf" if shift == 12 else "table"
-        if low == 1 and shift in (21, 30):
+        if low == 1 and shift in self.block_shifts:
             return "leaf"
         return "none"
+
+    def output_address(self, entry: int) -> int:
+        if self.lpa2:
+            return (entry & self.LPA2_OA_LOW) | (entry & self.LPA2_OA_HIGH) << self.LPA2_OA_HIGH_SHIFT
+        return entry & self.OA_LOW
 
 
 def page_tables(dump: PhysDump) -> tuple[PageTables, int]:
@@ -622,8 +655,13 @@ def page_tables(dump: PhysDump) -> tuple[PageTables, int]:
         sme = vmcoreinfo_int(info, "NUMBER(sme_mask)") if "NUMBER(sme_mask)" in info else 0
         root = vmcoreinfo_int(info, "SYMBOL(init_top_pgt)")
         return X86PageTables(five, sme), kernel_image_phys(dump, root)
+    if dump.page_size != 4096:
+        raise DumpFormatError(f"arm64 with {dump.page_size // 1024}K pages is not supported")
     # TCR_EL1_T1SZ (v5.9, commit bbdbc11804ff) is the VA size the kernel runs
-    # with; VA_BITS only the configured maximum.
+    # with; VA_BITS only the configured maximum: a 52-bit kernel on a CPU
+    # without LPA2 runs with 48 bits, swapper_pg_dir then being its level-0
+    # table (pgd_to_folded_p4d()).  Before v5.9, 4K-page kernels had at most
+    # 48-bit VAs, so VA_BITS was exact.
     if "NUMBER(TCR_EL1_T1SZ)" in info:
         va_bits = 64 - vmcoreinfo_int(info, "NUMBER(TCR_EL1_T1SZ)")
     else:
@@ -660,9 +698,9 @@ def kernel_mappings(dump: PhysDump, mm: mmap.mmap) -> list[Mapping]:
             kind = tables.kind(entry, shift) if entry else "none"
             if kind == "leaf":
                 size = 1 << shift
-                found.append(Mapping(base | i << shift, entry & tables.address_mask & -size, size))
+                found.append(Mapping(base | i << shift, tables.output_address(entry) & -size, size))
             elif kind == "table" and depth + 1 < len(tables.shifts):
-                walk(entry & tables.address_mask, depth + 1, base | i << shift, range(512))
+                walk(tables.output_address(entry), depth + 1, base | i << shift, range(512))
 
     walk(root, 0, 0, tables.top_indices())
     return [Mapping(tables.vaddr(m.vaddr), m.paddr, m.size) for m in found]
@@ -677,8 +715,9 @@ def _contiguous_pages(tables: PageTables, entries: tuple[int, ...]) -> int | Non
     mask, value = tables.page_bits
     if any(e & mask != value for e in entries):
         return None
-    first = entries[0] & tables.address_mask
-    if [e & tables.address_mask for e in entries] != list(range(first, first + (512 << 12), 1 << 12)):
+    addresses = [tables.output_address(e) for e in entries]
+    first = addresses[0]
+    if addresses != list(range(first, first + (512 << 12), 1 << 12)):
         return None
     return first
 
