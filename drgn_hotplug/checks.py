@@ -17,6 +17,12 @@ Severities follow what a kernel developer would do with the finding:
   sections since v5.3, NOMAP memory outside the linear map, holes inside
   early sections, hot-added memory on arches that never put it in memblock).
 
+What the reader could not read is a finding of its own (kind unreadable,
+a warning per object): a partial analysis is not a clean bill of health.
+Before any check, selfcheck.cross_check() compares the facts the kernel
+keeps twice; a field found misread for this kernel is unreadable too, and
+no finding is drawn from it.
+
 docs/FINDINGS.md tabulates every kind, cause and severity; tests/unit/handmade.py
 builds the small models the checks are tested on.
 """
@@ -29,7 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from . import kernels
+from . import kernels, selfcheck
 from .model import (TAINT_ZONE_DEVICE, Finding, FlagTest, KernelFacts, MemblockRegion,
                     MemblockType, MemoryBlock, Model, NodeLink, Section, SectionTable,
                     early_section, valid_section)
@@ -43,9 +49,12 @@ MEMMAP_WITHOUT_MEMBLOCK = "memmap-without-memblock"
 ORPHANED_LINK = "orphaned-link"
 MISSING_LINK = "missing-link"
 WRONG_NODE_LINK = "wrong-node-link"
+UNREADABLE = "unreadable"
 
 KINDS = (PFN_VALID_MISMATCH, NOT_LINEAR_MAPPED, MEMBLOCK_WITHOUT_MEMMAP,
-         MEMMAP_WITHOUT_MEMBLOCK, ORPHANED_LINK, MISSING_LINK, WRONG_NODE_LINK)
+         MEMMAP_WITHOUT_MEMBLOCK, ORPHANED_LINK, MISSING_LINK, WRONG_NODE_LINK, UNREADABLE)
+# The kinds drawn from the sections alone: none when their decoding is misread.
+RANGE_KINDS = KINDS[:4]
 
 NODE_TO_BLOCK = "node-to-block"
 BLOCK_TO_NODE = "block-to-node"
@@ -588,7 +597,8 @@ def _orphan_reason(ctx: _Context, link: NodeLink) -> Optional[str]:
     if not link.target_live:
         dead = ", ".join(link.target_dead_reasons) or "not live"
         return f"target {link.target_name or 'kernfs node'} removed ({dead})"
-    if link.direction == NODE_TO_BLOCK and link.block not in ctx.blocks:
+    if link.direction == NODE_TO_BLOCK and link.block not in ctx.blocks \
+            and not selfcheck.blocks_incomplete(ctx.model):
         return f"memory block {link.block} no longer exists"
     if link.direction == BLOCK_TO_NODE and link.node not in ctx.nodes:
         return f"node {link.node} does not exist"
@@ -677,6 +687,26 @@ def _missing_link_finding(ctx: _Context, links: _Links, block, nid: int,
                    node=nid, block=block.id, facts=facts)
 
 
+# ------------------------------------------------------------------ unreadable
+
+def check_unreadable(model: Model) -> List[Finding]:
+    """One warning per object the reader could not read, or field it found
+    misread: findings about it may be missing, so the run is not clean.
+
+    >>> from drgn_hotplug.model import Unreadable
+    >>> kernel = KernelFacts("x86_64", "6.12", (6, 12, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27,
+    ...                      1024, True, True, False)
+    >>> discarded = MemblockType("memory", 0, 0, 128, (), False, "discarded")
+    >>> lost = Unreadable("kernfs children of node1", "Excluded page", 0xffff8c562015e908)
+    >>> [(f.kind, f.severity, f.reason) for f in check_unreadable(Model(
+    ...  kernel, [], discarded, discarded, [], [], [], unreadable=[lost]))]
+    [('unreadable', 'warning', 'kernfs children of node1: Excluded page')]
+    """
+    return [Finding(kind=UNREADABLE, severity="warning", reason=f"{u.what}: {u.reason}",
+                    facts={"what": u.what, "address": u.address, "reason": u.reason})
+            for u in model.unreadable]
+
+
 # ------------------------------------------------------------------ entry points
 
 def run_checks(model: Model) -> List[Finding]:
@@ -692,8 +722,29 @@ def run_checks(model: Model) -> List[Finding]:
     ...  no_memblock, [], [], [stale]))]
     [('orphaned-link', 1, 32)]
     """
+    return checked(model)[1]
+
+
+def checked(model: Model) -> Tuple[Model, List[Finding]]:
+    """(``prepare(model)``, its findings), from one pass over the model."""
+    model, sets = _prepared(model)
+    return model, _run_all(_Context(model, sets))
+
+
+def prepare(model: Model) -> Model:
+    """``model`` as the checks see it: its sections tabled once, and
+    cross-checked (selfcheck.cross_check()): fields found misread for
+    this kernel are listed in ``unreadable`` and dropped as evidence.
+    Reports list the unreadable objects and skipped checks of this model."""
+    if model.cross_checked:
+        return with_section_table(model)
+    return _prepared(model)[0]
+
+
+def _prepared(model: Model) -> Tuple[Model, PfnSets]:
     model = with_section_table(model)
-    return _run_all(_Context(model, pfn_sets(model)))
+    sets = pfn_sets(model)
+    return selfcheck.cross_check(model, _pages_with_meaningful_nid(sets)), sets
 
 
 def with_section_table(model: Model) -> Model:
@@ -706,17 +757,23 @@ def with_section_table(model: Model) -> Model:
 
 def _run_all(ctx: _Context) -> List[Finding]:
     links = _Links(ctx)
-    findings = (check_pfn_valid_mismatch(ctx) + check_not_linear_mapped(ctx)
-                + check_memblock_without_memmap(ctx) + check_memmap_without_memblock(ctx)
-                + check_orphaned_links(ctx) + check_missing_links(ctx, links)
-                + check_wrong_node_links(ctx, links))
+    findings = [] if _sections_misread(ctx.model) else (
+        check_pfn_valid_mismatch(ctx) + check_not_linear_mapped(ctx)
+        + check_memblock_without_memmap(ctx) + check_memmap_without_memblock(ctx))
+    findings += (check_orphaned_links(ctx) + check_missing_links(ctx, links)
+                 + check_wrong_node_links(ctx, links) + check_unreadable(ctx.model))
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(findings, key=lambda f: (order[f.kind], f.start_pfn or 0,
                                            f.node or 0, f.block or 0))
 
 
+def _sections_misread(model: Model) -> bool:
+    return selfcheck.SECTION_PRESENCE in model.misread
+
+
 def skipped_checks(model: Model) -> List[Dict[str, str]]:
-    """Checks that could not run on this model, each with why.
+    """Checks that could not run on this model, each with why: all the
+    range checks when ``prepare()`` found the sections misread.
 
     >>> kernel = KernelFacts("x86_64", "6.1.0-27-cloud-amd64", (6, 1, 115), 4096, 27, 46,
     ...                      1 << 19, 21, 1 << 27, 1024, True, True, False)
@@ -725,6 +782,10 @@ def skipped_checks(model: Model) -> List[Dict[str, str]]:
     ...  discarded, [], [], []))][:2]
     [('memblock-without-memmap', 'discarded'), ('memmap-without-memblock', 'discarded')]
     """
+    if _sections_misread(model):
+        return [{"check": kind, "reason": f"{selfcheck.SECTION_PRESENCE} misread for "
+                                          f"{model.kernel.release} (see unreadable)"}
+                for kind in RANGE_KINDS]
     skipped = []
     memory = model.memblock_memory
     rule = kernels.rule_for(model.kernel)
@@ -753,8 +814,7 @@ def explain(model: Model, pfn: int) -> Dict[str, Any]:
     >>> facts["section"], facts["pfn_valid"]["value"], facts["pfn_valid"]["rule"]
     ({'nr': 8, 'present': False}, False, 'generic-subsection')
     """
-    model = with_section_table(model)
-    sets = pfn_sets(model)
+    model, sets = _prepared(model)
     ctx = _Context(model, sets)
     kernel = model.kernel
     section_nr = pfn >> kernel.pfn_section_shift
@@ -833,6 +893,8 @@ def _finding_summary(finding: Finding) -> Dict[str, Any]:
 
 
 def _finding_covers(ctx: _Context, finding: Finding, pfn: int) -> bool:
+    if finding.kind == UNREADABLE:
+        return True  # what could not be read may bear on any pfn
     if finding.start_pfn is not None:
         return finding.start_pfn <= pfn < finding.end_pfn
     return finding.block == pfn // ctx.kernel.pages_per_block

@@ -6,8 +6,9 @@
     drgn-hotplug -c vmcore explain 0x40000000        # one physical address (or a decimal pfn)
 
 Exit status: 0 no warning or error, 1 at least one warning or error
-(``check``; ``explain``: findings covering the pfn), 2 the kernel could not
-be analysed, with one line on stderr saying why (``--debug`` adds the
+(``check``; ``explain``: findings covering the pfn); an object that could not
+be read is a warning (kind ``unreadable``), so a partial analysis exits 1;
+2 the kernel could not be analysed, with one line on stderr saying why (``--debug`` adds the
 traceback). drgn is imported only when a kernel is opened, so ``--help``
 works without it.
 """
@@ -75,7 +76,7 @@ def render_command(model: Model, command: str, location: Optional[str] = None,
 
 def _render_command(model: Model, command: str, location: Optional[str],
                     as_json: bool, version: str) -> Tuple[str, int]:
-    findings = checks.run_checks(model)
+    model, findings = checks.checked(model)
     status = report.EXIT_CLEAN
     extra: Dict[str, Any] = {}
     if command == "check":

@@ -364,7 +364,14 @@ class Model:
     Readers give ``sections`` as a SectionTable; a list of Sections in any
     order works as well (tests build and edit those). ``page_nids`` maps the
     first pfn of each memory block's first valid section to the node its
-    ``struct page`` names.
+    ``struct page`` names. ``node_spans`` maps a node to its
+    (``node_start_pfn``, ``node_spanned_pages``) from ``node_data[nid]``,
+    for the readers that read them (empty otherwise).
+
+    ``misread`` names the decoded fields that ``selfcheck.cross_check()``
+    found misread for this kernel (most objects disagree with the copy the
+    kernel keeps elsewhere): no check draws a finding from them.
+    ``cross_checked`` is True once that comparison ran.
     """
 
     kernel: KernelFacts
@@ -376,6 +383,9 @@ class Model:
     links: List[NodeLink]
     page_nids: Dict[int, int] = field(default_factory=dict)
     unreadable: List[Unreadable] = field(default_factory=list)
+    node_spans: Dict[int, Tuple[int, int]] = field(default_factory=dict)
+    misread: Tuple[str, ...] = ()
+    cross_checked: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict (frozensets become sorted lists), the one

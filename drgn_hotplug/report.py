@@ -137,8 +137,9 @@ def summary(findings: Iterable[Finding]) -> Dict[str, int]:
 
 
 def exit_status(findings: Iterable[Finding]) -> int:
-    """0 without warnings or errors, 1 with at least one (2, could not
-    analyse, is the front end's to return).
+    """0 without warnings or errors, 1 with at least one (an object that
+    could not be read is a warning: a partial analysis is not clean; 2,
+    could not analyse, is the front end's to return).
 
     >>> exit_status([Finding("not-linear-mapped", "info", "NOMAP")])
     0
@@ -164,10 +165,13 @@ def document(model: Model, findings: Optional[List[Finding]] = None, command: st
     """The ``--json`` document of docs/CONTRACTS.md.
 
     ``findings`` defaults to ``checks.run_checks(model)``; ``extra`` adds
-    command-specific keys (e.g. "sections", "explain").
+    command-specific keys (e.g. "sections", "explain"). ``unreadable``
+    lists what ``findings`` report as kind ``unreadable``, the fields
+    the cross-check found misread included.
     """
     if findings is None:
-        findings = checks.run_checks(model)
+        model, findings = checks.checked(model)
+    model = checks.prepare(model)
     doc: Dict[str, Any] = {
         "tool": TOOL, "version": version, "schema": SCHEMA_VERSION, "command": command,
         "kernel": kernel_dict(model.kernel),
@@ -285,9 +289,14 @@ def finding_location(finding: Finding) -> str:
 
     >>> finding_location(Finding("orphaned-link", "error", "gone", node=1, block=32))
     'node1/memory32'
+    >>> finding_location(Finding("unreadable", "warning", "struct page of pfn 0x8000: Excluded",
+    ...                          facts={"address": 0xffffea0000200000}))
+    '0xffffea0000200000'
     """
     if finding.start_pfn is not None and finding.end_pfn is not None:
         return f"pfn {pfn_range(finding.start_pfn, finding.end_pfn)}"
+    if finding.kind == checks.UNREADABLE:
+        return _hex(finding.facts.get("address"))
     node = "node?" if finding.node is None or finding.node < 0 else f"node{finding.node}"
     return f"{node}/memory{finding.block}"
 
@@ -309,17 +318,17 @@ def render_findings(findings: Sequence[Finding], kernel: KernelFacts) -> str:
 
 
 def render_table(model: Model, findings: Optional[List[Finding]] = None) -> str:
-    """The human ``check`` report: kernel line, findings, skipped checks,
-    unreadable objects and the summary line."""
+    """The human ``check`` report: kernel line, findings (unreadable
+    objects among them), skipped checks and the summary line, which says
+    when the analysis is partial."""
     if findings is None:
-        findings = checks.run_checks(model)
+        model, findings = checks.checked(model)
+    model = checks.prepare(model)
     parts = [render_kernel(model.kernel), "", render_findings(findings, model.kernel)]
     skipped = checks.skipped_checks(model)
     if skipped:
         parts += ["", "skipped: " + "; ".join(
             f"{s['check']}: {escape(s['reason'])}" for s in skipped)]
-    if model.unreadable:
-        parts += ["", render_unreadable(model)]
     counts = summary(findings)
     totals = ", ".join(f"{counts[s]} {s}" for s in SEVERITIES)
     if model.unreadable:
@@ -327,11 +336,6 @@ def render_table(model: Model, findings: Optional[List[Finding]] = None) -> str:
                    "so findings about them may be missing")
     parts += ["", totals]
     return "\n".join(parts)
-
-
-def render_unreadable(model: Model) -> str:
-    rows = [(u.what, _hex(u.address), u.reason) for u in model.unreadable]
-    return _table(rows, ("UNREADABLE", "ADDRESS", "REASON"))
 
 
 def section_state(flags: Iterable[str]) -> str:

@@ -112,6 +112,28 @@ def test_check_table_says_when_the_analysis_is_partial():
     model.unreadable.append(Unreadable("kernfs children of node1", "Excluded page",
                                        0xffff8c562015e908))
     text = report.render_table(model)
-    assert "kernfs children of node1  0xffff8c562015e908  Excluded page" in text
-    assert text.splitlines()[-1] == ("2 error, 0 warning, 3 info; 1 kernel objects unreadable, "
+    row = next(l for l in text.splitlines() if l.startswith("warning"))
+    assert row.split(None, 3) == ["warning", "unreadable", "0xffff8c562015e908",
+                                  "kernfs children of node1: Excluded page"]
+    assert text.splitlines()[-1] == ("2 error, 1 warning, 3 info; 1 kernel objects unreadable, "
                                      "so findings about them may be missing")
+
+
+def test_a_partial_analysis_without_other_findings_exits_1():
+    model = h.x86_hotplug()
+    assert report.exit_status(checks.run_checks(model)) == report.EXIT_CLEAN
+    model.unreadable.append(Unreadable("struct page of pfn 0x100000", "Excluded page",
+                                       0xffffea0004000000))
+    findings = checks.run_checks(model)
+    assert report.exit_status(findings) == report.EXIT_FINDINGS
+    doc = json.loads(report.json_text(report.document(model, findings)))
+    (unread,) = [f for f in doc["findings"] if f["kind"] == "unreadable"]
+    assert unread == {"kind": "unreadable", "severity": "warning",
+                      "reason": "struct page of pfn 0x100000: Excluded page",
+                      "facts": {"what": "struct page of pfn 0x100000",
+                                "address": 0xffffea0004000000, "reason": "Excluded page"}}
+    assert doc["unreadable"] == [unread["facts"]]
+    assert doc["summary"] == {"error": 0, "warning": 1, "info": 4}
+    # explain: what could not be read may bear on any pfn.
+    explained = checks.explain(model, 0x8000)
+    assert [f["kind"] for f in explained["findings"]] == ["unreadable"]
