@@ -218,3 +218,114 @@ def test_truncated_dump_is_refused(tmp_path):
     src.write_bytes((dumpfmt.elf_header("x86_64", 2) + phdrs + note).ljust(8192, b"\0"))
     with pytest.raises(dumpfmt.DumpFormatError, match="truncated"):
         dumpfmt.write_kdump(src, tmp_path / "out")
+
+
+# --- arm64 descriptors and walks, hand-made from the architecture's formats ------
+# Arm ARM D8.3 (VMSAv8-64 translation table descriptors), 4K granule: bits[1:0]
+# 0b11 table (page at level 3), 0b01 block; output address OA[47:12] in bits
+# [47:12]; with FEAT_LPA2 (TCR_EL1.DS=1) OA[49:12] in bits [49:12] and
+# OA[51:50] in bits [9:8], which are the shareability field SH[1:0] otherwise.
+# Bits 50 (GP), 51 (DBM), 53/54 (PXN/UXN) and 10 (AF) are attributes.
+
+AF, NG, PXN_UXN = 1 << 10, 1 << 11, 3 << 53
+
+
+@pytest.mark.parametrize("entry, lpa2_pa, old_pa", [
+    (0x41234000 | AF | NG | PXN_UXN | 3, 0x41234000, 0x41234000),
+    # SH = 0b11 (inner shareable, the kernel's PTE_SHARED without LPA2) is OA[51:50] with it
+    (0x41234000 | 0x300 | AF | 3, 0xC000041234000, 0x41234000),
+    (0x41234000 | 0x100 | AF | 3, 0x4000041234000, 0x41234000),
+    (0x41234000 | 0x200 | AF | 3, 0x8000041234000, 0x41234000),
+    # OA[49:48]: address bits with LPA2, bits the old format has no use for
+    (0x0003_0000_4123_4000 | AF | 3, 0x0003_0000_4123_4000, 0x41234000),
+    # GP (bit 50) and DBM (bit 51) are attributes in both formats
+    (0x000C_0000_4123_4000 | AF | 3, 0x41234000, 0x41234000),
+    # the software bits 55-58 and 63 are no address either
+    (0x8780_0000_4123_4000 | AF | 3, 0x41234000, 0x41234000),
+])
+def test_arm64_output_address_lpa2_and_48bit(entry, lpa2_pa, old_pa):
+    assert dumpfmt.Arm64PageTables(52).output_address(entry) == lpa2_pa
+    assert dumpfmt.Arm64PageTables(48).output_address(entry) == old_pa
+    assert dumpfmt.Arm64PageTables(39).output_address(entry) == old_pa
+
+
+def test_arm64_lpa2_levels_and_descriptor_kinds():
+    lpa2, old = dumpfmt.Arm64PageTables(52), dumpfmt.Arm64PageTables(48)
+    # 5 levels (-1..3) with 16 root entries: 52 - 48 bits index level -1
+    assert lpa2.shifts == (48, 39, 30, 21, 12) and lpa2.top_indices() == range(16)
+    assert old.shifts == (39, 30, 21, 12) and old.top_indices() == range(512)
+    block, table = 0x40000000 | AF | 1, 0x40000000 | 3
+    # level -1 has no block descriptors; level 0 has them with LPA2 only (512 GiB)
+    assert [lpa2.kind(block, s) for s in lpa2.shifts] == ["none", "leaf", "leaf", "leaf", "none"]
+    assert [old.kind(block, s) for s in old.shifts] == ["none", "leaf", "leaf", "none"]
+    assert [lpa2.kind(table, s) for s in lpa2.shifts] == ["table"] * 4 + ["leaf"]
+    assert lpa2.kind(0x40000000 | AF, 30) == old.kind(0x40000000 | 2, 30) == "none"
+
+
+def arm64_phys_dump(tables: dict[int, dict[int, int]], t1sz: int | None, va_bits: int = 52) -> tuple:
+    """A PhysDump and its memory: 4K tables at the given physical addresses in
+    one segment from 0x40000000, swapper_pg_dir at 0x40000000."""
+    base = 0x40000000
+    memory = bytearray(8 * 4096)
+    for table_pa, entries in tables.items():
+        for index, entry in entries.items():
+            struct.pack_into("<Q", memory, table_pa - base + 8 * index, entry)
+    info = {"PAGESIZE": "4096", "NUMBER(VA_BITS)": str(va_bits),
+            "NUMBER(kimage_voffset)": "0xffff800000000000",
+            "SYMBOL(swapper_pg_dir)": f"{0xffff800000000000 + base:x}"}
+    if t1sz is not None:
+        info["NUMBER(TCR_EL1_T1SZ)"] = hex(t1sz)
+    dump = dumpfmt.PhysDump(Path("hand-made"), "aarch64", [dumpfmt.Segment(base, 0, len(memory))],
+                            [], b"", "", info)
+    return dump, bytes(memory)
+
+
+def test_arm64_lpa2_walk_five_levels():
+    # level -1 [15] -> level 0: [0] a 512 GiB block at PA 1 << 50 (OA[50] from bit 8),
+    # [511] -> level 1: [0] -> level 2 [0] -> level 3 [5] one page; [1] a 1 GiB
+    # block at PA 0x8000840000000 (OA[51] from bit 9).
+    dump, memory = arm64_phys_dump({
+        0x40000000: {15: 0x40001000 | 3},
+        0x40001000: {0: 0x100 | AF | 1, 511: 0x40002000 | 3},
+        0x40002000: {0: 0x40003000 | 3, 1: 0x0000_0008_4000_0000 | 0x200 | AF | 1},
+        0x40003000: {0: 0x40004000 | 3},
+        0x40004000: {5: 0x40000000 | AF | 3},
+    }, t1sz=64 - 52)
+    assert dumpfmt.kernel_mappings(dump, memory) == [
+        dumpfmt.Mapping(0xFFFF_0000_0000_0000, 1 << 50, 1 << 39),
+        dumpfmt.Mapping(0xFFFF_FF80_0000_5000, 0x40000000, 4096),
+        dumpfmt.Mapping(0xFFFF_FF80_4000_0000, 0x8000840000000, 1 << 30),
+    ]
+
+
+def test_arm64_52bit_kernel_without_lpa2_walks_four_levels():
+    # A 52-bit kernel on a CPU without LPA2 runs with T1SZ = 16: swapper_pg_dir
+    # is its level-0 table and bits 9:8 are shareability again.
+    dump, memory = arm64_phys_dump({
+        0x40000000: {511: 0x40001000 | 3},
+        0x40001000: {1: 0x40002000 | 3},
+        0x40002000: {0: 0x40003000 | 3},
+        0x40003000: {7: 0x40000000 | 0x300 | AF | 3},
+    }, t1sz=64 - 48)
+    assert dumpfmt.kernel_mappings(dump, memory) == [
+        dumpfmt.Mapping(0xFFFF_FF80_4000_7000, 0x40000000, 4096)]
+
+
+def test_arm64_contiguous_lpa2_page_table_is_one_mapping():
+    pages = {i: 0x40000000 + (i << 12) | 0x100 | AF | 3 for i in range(512)}
+    dump, memory = arm64_phys_dump({
+        0x40000000: {0: 0x40001000 | 3},
+        0x40001000: {0: 0x40002000 | 3},
+        0x40002000: {0: 0x40003000 | 3},
+        0x40003000: {0: 0x40004000 | 3},
+        0x40004000: pages,
+    }, t1sz=64 - 52)
+    assert dumpfmt.kernel_mappings(dump, memory) == [
+        dumpfmt.Mapping(0xFFF0_0000_0000_0000, (1 << 50) + 0x40000000, 512 << 12)]
+
+
+def test_arm64_other_page_sizes_are_refused_in_one_line():
+    dump, _ = arm64_phys_dump({}, t1sz=64 - 52)
+    dump.vmcoreinfo["PAGESIZE"] = "65536"
+    with pytest.raises(dumpfmt.DumpFormatError, match="^arm64 with 64K pages is not supported$"):
+        dumpfmt.page_tables(dump)
