@@ -5,9 +5,8 @@
     >>> cell.kdump, cell.vmlinux, cell.truth["dangling_links"]    # doctest: +SKIP
 """
 
-from .cells import KERNELS, Cell, build_cell, kernels_proven, matrix, start_live
+from .cells import KERNELS, Cell, build_cell, matrix, start_live
 from .packages import SERIES, series
 from .scenarios import LiveGuest
 
-__all__ = ["KERNELS", "SERIES", "Cell", "LiveGuest", "build_cell", "kernels_proven", "matrix", "series",
-           "start_live"]
+__all__ = ["KERNELS", "SERIES", "Cell", "LiveGuest", "build_cell", "matrix", "series", "start_live"]

@@ -3,7 +3,6 @@
     python -m vmcores build --arch x86_64 --kernel 6.1 --scenario orphan   # last line: the cell directory
     python -m vmcores build-all
     python -m vmcores list
-    python -m vmcores kernels                         # series, suite, ABI and version built, markdown
     python -m vmcores start --arch x86_64 --kernel 6.1 --scenario orphan   # live until Ctrl-C
     python -m vmcores corpus --seed 1 --cases 1000   # broken-input corpus, markdown result table
     python -m vmcores grow --sections 512k            # a 64 TB grown dump (last line: its directory)
@@ -17,7 +16,7 @@ import sys
 import time
 
 from . import grow
-from .cells import KERNELS, bed_hash, build_cell, cells_dir, kernels_proven, matrix, start_live
+from .cells import KERNELS, bed_hash, build_cell, cells_dir, matrix, start_live
 from .packages import PackageError
 from .qmp import ChannelError
 from .scenarios import SCENARIOS
@@ -69,17 +68,6 @@ def list_cells(args) -> int:
     return 0
 
 
-def kernels_table(args) -> int:
-    """The kernel series per arch as a markdown table, with the ABI and package
-    version of the cells the current bed code built ("-" where none is cached)."""
-    print("| arch | series | Debian suite | ABI | package version | scenarios built |")
-    print("|---|---|---|---|---|---|")
-    for r in kernels_proven():
-        print(f"| {r['arch']} | {r['series']} | {r['suite']} | {r['abi'] or '-'} | {r['package_version'] or '-'} "
-              f"| {', '.join(r['scenarios']) or '-'} |")
-    return 0
-
-
 def stop_on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -119,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(func=func)
     sub.add_parser("build-all").set_defaults(func=build_all)
     sub.add_parser("list").set_defaults(func=list_cells)
-    sub.add_parser("kernels", help="the kernel series table, markdown").set_defaults(func=kernels_table)
     p = sub.add_parser("corpus", help="run drgn-hotplug on mutated dumps of the bed")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cases", type=int, default=1000)

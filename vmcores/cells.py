@@ -30,7 +30,7 @@ from typing import Iterator
 from . import dumpfmt
 from .guest import X86_CMDLINE, GuestSpec
 from .initramfs import build_initramfs
-from .packages import SERIES, Kernel, cache_root, fetch_busybox, fetch_kernel, kernels
+from .packages import Kernel, cache_root, fetch_busybox, fetch_kernel, kernels, series
 from .scenarios import SCENARIOS, LiveGuest
 
 # Series ids per arch, from the series table (vmcores.packages.SERIES).
@@ -157,27 +157,6 @@ def cell_key(name: str) -> tuple[str, str, str]:
     return arch, kernel, scenario
 
 
-def kernels_proven() -> list[dict]:
-    """One row per series and arch, for the README's table of the kernels
-    proven: the suite from the series table and, where cells of the current
-    bed code are cached, the ABI, package version and scenarios built.
-
-    >>> kernels_proven()[0]["arch"], kernels_proven()[0]["series"], kernels_proven()[0]["suite"]
-    ('x86_64', '5.10', 'bullseye')
-    """
-    rows = []
-    for arch, ids in KERNELS.items():
-        for kernel in ids:
-            row = {"arch": arch, "series": kernel, "suite": next(s.suite for s in SERIES if s.id == kernel),
-                   "abi": None, "package_version": None, "scenarios": []}
-            for path in sorted(cells_dir().glob(f"{arch}-{kernel}-*-{bed_hash(arch)}/cell.json")):
-                meta = json.loads(path.read_text())
-                row.update(abi=meta["abi"], package_version=meta["package_version"])
-                row["scenarios"].append(meta["scenario"])
-            rows.append(row)
-    return rows
-
-
 def guest_spec(k: Kernel, scenario: str, workdir: Path) -> GuestSpec:
     """Boot parameters of a cell's guest; writes its initrd into ``workdir``."""
     s = SCENARIOS[scenario]
@@ -209,7 +188,8 @@ def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
         seconds = {"boot": g.boot_seconds, "scenario": g.scenario_seconds, "dump": g.dump_seconds}
     (work / "truth.json").write_text(json.dumps(truth, indent=1))
     meta = {
-        "arch": k.arch, "kernel": k.series, "abi": k.abi, "package_version": k.version,
+        "arch": k.arch, "kernel": k.series, "suite": series(k.series).suite, "abi": k.abi,
+        "package_version": k.version,
         "vmlinux": str(k.vmlinux), "kernel_dir": str(k.dir), "image": str(k.image),
         "initrd": str(final / "initrd"),
         "qemu_argv": argv, "cmdline": spec.cmdline, "kaslr_offset": kaslr_offset,

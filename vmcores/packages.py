@@ -393,11 +393,11 @@ def package_lock() -> Iterator[None]:
         yield
 
 
-def fetch_kernel(arch: str, series: str) -> Kernel:
+def fetch_kernel(arch: str, series_id: str) -> Kernel:
     """Resolve, download (once) and unpack (once) a cloud kernel of a series."""
     with package_lock():
-        abi, version = resolved_kernel(arch, series)
-    return Kernel(arch, series, abi, version, cache_root() / "kernels" / f"{abi}-{version}-{arch}")
+        abi, version = resolved_kernel(arch, series_id)
+    return Kernel(arch, series_id, abi, version, cache_root() / "kernels" / f"{abi}-{version}-{arch}")
 
 
 def unpack_kernel(apt: AptRoot, arch: str, series_id: str, abi: str, version: str, kdir: Path) -> None:
