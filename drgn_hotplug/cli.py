@@ -23,8 +23,9 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import checks, report
-from .layout import collector_paused, first_line
 from .model import Model
+from .reader.compose import collector_paused
+from .reader.target import first_line
 
 COMMANDS = ("check", "sections", "memblock", "blocks", "links", "explain")
 
@@ -242,7 +243,7 @@ def read_model_checked(prog) -> Model:
     from drgn import FaultError
 
     from .drgn_reader import read_model
-    from .layout import ReadError
+    from .reader.target import ReadError
 
     try:
         return read_model(prog)

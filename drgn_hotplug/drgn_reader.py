@@ -1,8 +1,8 @@
 """Read a kernel (vmcore, /proc/kcore or QEMU guest) into the plain model.
 
 The drgn front end's reader. drgn answers the questions of
-:class:`drgn_hotplug.layout.Target` (bytes, symbols, sizes, offsets,
-enumerators) through :class:`DrgnTarget`, and layout.py walks and decodes
+:class:`drgn_hotplug.reader.target.Target` (bytes, symbols, sizes, offsets,
+enumerators) through :class:`DrgnTarget`, and drgn_hotplug.reader walks and decodes
 the kernel structures: the same code the gdb front end runs, so both build
 the same model. What only drgn can tell is added here: the embedded kernel
 config and the functions inlined into an arch ``pfn_valid()`` (from the
@@ -26,9 +26,10 @@ import drgn
 from drgn import FaultError, Program
 from drgn.helpers.linux.kconfig import get_kconfig
 
-from . import kernels, layout
-from .layout import ReadError
+from . import kernels
 from .model import Model
+from .reader import compose, memblock, pfn_valid
+from .reader.target import ReadError
 
 # Kernel config options shown with the kernel facts (when the kernel embeds
 # its config, CONFIG_IKCONFIG; Debian kernels do not).
@@ -47,12 +48,12 @@ _TYPE_HEADERS = {"struct node": "include/linux/node.h"}
 def read_model(prog: Program) -> Model:
     """Everything the checks need, read from ``prog``.
 
-    Raises :class:`~drgn_hotplug.layout.ReadError` only when the kernel
+    Raises :class:`~drgn_hotplug.reader.target.ReadError` only when the kernel
     cannot be identified (no readable VMCOREINFO nor ``init_uts_ns``);
     anything else unreadable is listed in ``model.unreadable``.
     """
     target = DrgnTarget(prog)
-    model = layout.read_model(target)
+    model = compose.read_model(target)
     config = read_config(prog)
     kernel = dataclasses.replace(
         model.kernel, config=config,
@@ -60,14 +61,14 @@ def read_model(prog: Program) -> Model:
         arch_pfn_valid_inlines=arch_pfn_valid_inlines(prog))
     if kernel.keeps_memblock != model.kernel.keeps_memblock:
         # The embedded config overrides the arch rule: judge memblock again.
-        model.memblock_memory, model.memblock_reserved = layout.read_memblock(
+        model.memblock_memory, model.memblock_reserved = memblock.read_memblock(
             target, kernel, model.unreadable)
     model.kernel = kernel
     return model
 
 
 class DrgnTarget:
-    """:class:`drgn_hotplug.layout.Target` answered by a drgn Program.
+    """:class:`drgn_hotplug.reader.target.Target` answered by a drgn Program.
 
     >>> t = DrgnTarget(prog)                               # doctest: +SKIP
     >>> t.offsetof("struct kernfs_node", "symlink.target_kn"), t.enumerator("KERNFS_LINK")
@@ -152,9 +153,9 @@ def arch_pfn_valid_inlines(prog: Program) -> Optional[Tuple[str, ...]]:
     if not symbols:
         return None
     arch = "aarch64" if prog.platform.arch == drgn.Architecture.AARCH64 else "x86_64"
-    addresses = layout.instruction_addresses(symbols[0].address,
-                                             symbols[0].address + symbols[0].size, arch)
-    return layout.pfn_valid_inlines(_inline_chain(prog, address) for address in addresses)
+    addresses = pfn_valid.instruction_addresses(symbols[0].address,
+                                                symbols[0].address + symbols[0].size, arch)
+    return pfn_valid.pfn_valid_inlines(_inline_chain(prog, address) for address in addresses)
 
 
 def _inline_chain(prog: Program, address: int) -> List[Optional[str]]:

@@ -1,8 +1,9 @@
 """The gdb reader: the same Model as the drgn reader, through gdb's Python API.
 
 Runs inside gdb (``import gdb`` only works there). gdb answers the
-``layout.Target`` questions (symbols, types, enumerators, raw memory) and
-``layout.read_model`` does the rest, so nothing here interprets kernel data.
+``reader.target.Target`` questions (symbols, types, enumerators, raw memory)
+and ``reader.compose.read_model`` does the rest, so nothing here interprets
+kernel data.
 
     (gdb) python from drgn_hotplug import gdb_reader
     (gdb) python print(gdb_reader.read_model().kernel.release)
@@ -18,8 +19,10 @@ from typing import Dict, List, Optional, Tuple
 
 import gdb  # type: ignore[import-not-found]
 
-from . import layout, vmcoreinfo
+from . import vmcoreinfo
 from .model import Model
+from .reader import compose, pfn_valid
+from .reader.target import ReadError, Target, first_line, read_word
 
 
 # gdb resolves a global to the first compile unit it meets that mentions it,
@@ -31,7 +34,7 @@ DEFINING_FILE = {"node_devices": "drivers/base/node.c"}
 
 
 class GdbTarget:
-    """``layout.Target`` answered by the gdb session's symbols and inferior."""
+    """``reader.target.Target`` answered by the gdb session's symbols and inferior."""
 
     def __init__(self, inferior: Optional["gdb.Inferior"] = None):
         self.inferior = inferior or gdb.selected_inferior()
@@ -42,7 +45,7 @@ class GdbTarget:
         try:
             return self.inferior.read_memory(address, size).tobytes()
         except (gdb.MemoryError, gdb.error) as error:
-            raise layout.ReadError(address, size, layout.first_line(error)) from None
+            raise ReadError(address, size, first_line(error)) from None
 
     def symbol(self, name: str) -> Optional[int]:
         value = _symbol_value(name)
@@ -126,7 +129,7 @@ def _find_field(kind: "gdb.Type", name: str):
 
 def read_model(target: Optional[GdbTarget] = None) -> Model:
     """The Model of the kernel gdb is looking at (a vmcore or a live gdbstub)."""
-    model = layout.read_model(target or GdbTarget())
+    model = compose.read_model(target or GdbTarget())
     model.kernel = dataclasses.replace(model.kernel,
                                        arch_pfn_valid_inlines=arch_pfn_valid_inlines())
     return model
@@ -150,9 +153,9 @@ def arch_pfn_valid_inlines() -> Optional[Tuple[str, ...]]:
         function_block = function_block.superblock
     if function_block is None:
         return None
-    addresses = layout.instruction_addresses(function_block.start, function_block.end,
-                                             gdb.selected_inferior().architecture().name())
-    return layout.pfn_valid_inlines(_inline_chain(gdb.block_for_pc(pc)) for pc in addresses)
+    addresses = pfn_valid.instruction_addresses(function_block.start, function_block.end,
+                                                gdb.selected_inferior().architecture().name())
+    return pfn_valid.pfn_valid_inlines(_inline_chain(gdb.block_for_pc(pc)) for pc in addresses)
 
 
 def _inline_chain(block) -> List[str]:
@@ -167,13 +170,13 @@ def _inline_chain(block) -> List[str]:
 
 # ---------------------------------------------------------------- KASLR
 
-def symbols_match(target: layout.Target) -> bool:
+def symbols_match(target: Target) -> bool:
     """Whether the loaded symbols sit where the target's kernel put them
     (the KASLR offset given to ``symbol-file -o`` is right, or none is needed)."""
     return offset_fits(target, 0)
 
 
-def offset_fits(target: layout.Target, offset: int) -> bool:
+def offset_fits(target: Target, offset: int) -> bool:
     """Whether the kernel's own VMCOREINFO, found through the symbols moved by
     ``offset``, puts ``init_uts_ns`` where those moved symbols do.
 
@@ -188,11 +191,11 @@ def offset_fits(target: layout.Target, offset: int) -> bool:
         return False
     data_pointer, size_address, uts = (address + offset for address in symbols)
     try:
-        data, size = layout.read_word(target, data_pointer), layout.read_word(target, size_address)
+        data, size = read_word(target, data_pointer), read_word(target, size_address)
         if not data or not 0 < size <= 1 << 16:
             return False
         text = target.read(data, size).decode("ascii", "replace")
-    except layout.ReadError:
+    except ReadError:
         return False
     return vmcoreinfo.parse_vmcoreinfo(text).symbols.get("init_uts_ns") == uts
 
@@ -218,7 +221,7 @@ def kaslr_candidates(pc: Optional[int], text: int, end: int, step: int):
     return range(-(-low // step) * step, pc - text + 1, step)
 
 
-def find_kaslr_offset(target: layout.Target, pc: Optional[int], arch: str) -> Optional[int]:
+def find_kaslr_offset(target: Target, pc: Optional[int], arch: str) -> Optional[int]:
     """The offset at which ``linux_banner`` reads "Linux version " in the target.
 
     Tries the offsets that place the stopped pc in kernel text first, then
@@ -237,6 +240,6 @@ def find_kaslr_offset(target: layout.Target, pc: Optional[int], arch: str) -> Op
             if target.read(banner + offset, 14) == b"Linux version " \
                     and offset_fits(target, offset):
                 return offset
-        except layout.ReadError:
+        except ReadError:
             continue
     return None

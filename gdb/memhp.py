@@ -27,7 +27,8 @@ if os.path.isfile(os.path.join(_CHECKOUT, "drgn_hotplug", "__init__.py")) \
     sys.path.insert(0, _CHECKOUT)
 
 try:
-    from drgn_hotplug import checks, cli, gdb_reader, layout, report
+    from drgn_hotplug import checks, cli, gdb_reader, report
+    from drgn_hotplug.reader.target import ReadError
 except ImportError as _error:  # a missing dependency must say how to get it, in one line
     _IMPORT_ERROR = (
         f"memhp: not loaded: cannot import drgn_hotplug ({_error}); gdb runs {sys.executable} "
@@ -53,7 +54,7 @@ def read_model():
                            "`memhp kaslr` finds the offset for `symbol-file -o`")
     try:
         return gdb_reader.read_model(target)
-    except layout.ReadError as error:
+    except ReadError as error:
         raise gdb.GdbError(f"memhp: cannot analyse this kernel: {error}") from None
 
 

@@ -20,8 +20,11 @@ from typing import Dict, List
 
 import pytest
 
-from drgn_hotplug import kernels, layout, report
-from drgn_hotplug.layout import ReadError
+from drgn_hotplug import kernels, report
+from drgn_hotplug.reader.list import walk_list
+from drgn_hotplug.reader.rbtree import walk_rbtree
+from drgn_hotplug.reader.target import ReadError
+from drgn_hotplug.reader.xarray import walk_xarray
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT / "tests" / "unit"))
@@ -32,7 +35,7 @@ HOSTILE = "memory32\x1b[2J\x1b]0;owned\x07\x9b31m\x7f"
 # ---------------------------------------------------------------- hand-made memory
 
 class WordMemory:
-    """A layout.Target over a dict of 8-byte words; anything else is unreadable."""
+    """A reader Target over a dict of 8-byte words; anything else is unreadable."""
 
     def __init__(self, words: Dict[int, int]):
         self.words = words
@@ -50,20 +53,20 @@ def test_a_list_looping_back_before_its_head_is_an_error_not_a_hang():
     # head -> a -> b -> a: a bus list whose n_node.next was rewritten.
     memory = WordMemory({0x100: 0x200, 0x200: 0x300, 0x300: 0x200})
     with pytest.raises(ReadError, match="loops back to 0x200"):
-        list(layout.walk_list(memory, 0x100))
+        list(walk_list(memory, 0x100))
 
 
 def test_a_list_longer_than_the_kernel_allows_stops_at_the_limit():
     memory = WordMemory({0x100: 0x1000, **{0x1000 * i: 0x1000 * (i + 1) for i in range(1, 50)}})
     with pytest.raises(ReadError, match="longer than 8 nodes"):
-        list(layout.walk_list(memory, 0x100, limit=8))
+        list(walk_list(memory, 0x100, limit=8))
 
 
 def test_an_rbtree_whose_left_link_points_back_to_the_root_is_an_error():
     # root -> node 0x200 (right 0x300 at +8, left at +16); node 0x300's left child is 0x200.
     memory = WordMemory({0x100: 0x200, 0x208: 0x300, 0x210: 0, 0x308: 0, 0x310: 0x200})
     with pytest.raises(ReadError, match="reaches 0x200 twice"):
-        layout.walk_rbtree(memory, 0x100)
+        walk_rbtree(memory, 0x100)
 
 
 def test_an_xa_node_slot_pointing_at_its_own_node_is_an_error():
@@ -71,14 +74,14 @@ def test_an_xa_node_slot_pointing_at_its_own_node_is_an_error():
     words = {node: 6, **{node + slots + 8 * i: 0 for i in range(64)}}
     words[node + slots] = node | 2          # slot 0 holds the node itself
     with pytest.raises(ReadError, match="twice|corrupt shift"):
-        layout.walk_xarray(WordMemory(words), node | 2, slots)
+        walk_xarray(WordMemory(words), node | 2, slots)
 
 
 def test_an_xa_node_with_an_impossible_shift_is_an_error():
     node, slots = 0x1000, 0x28
     words = {node: 7, **{node + slots + 8 * i: 0 for i in range(64)}}
     with pytest.raises(ReadError, match="corrupt shift 7"):
-        layout.walk_xarray(WordMemory(words), node | 2, slots)
+        walk_xarray(WordMemory(words), node | 2, slots)
 
 
 def test_a_corrupt_memblock_count_makes_memblock_unavailable():

@@ -18,10 +18,11 @@ from typing import List, Set, Tuple
 import pytest
 
 import vmcores
-from drgn_hotplug import checks, cli, layout, report
+from drgn_hotplug import checks, cli, report
 from drgn_hotplug.drgn_reader import DrgnTarget, read_model
 from drgn_hotplug.model import Finding, Model
 from drgn_hotplug.ranges import RangeSet
+from drgn_hotplug.reader.mmzone import section_map_last_bit
 
 pytest.importorskip("drgn")
 pytestmark = pytest.mark.slow
@@ -237,7 +238,7 @@ def test_sections_and_blocks_equal_crash_kmem_n(kernel, scenario):
     model = model_of("x86_64", kernel, scenario)
     crash_sections, crash_blocks = crash_kmem_n(c)
     target = DrgnTarget(cli.open_program(core=str(c.kdump), symbols=[str(c.vmlinux)]))
-    map_mask = ~((1 << layout.section_map_last_bit(target, model.kernel)) - 1)
+    map_mask = ~((1 << section_map_last_bit(target, model.kernel)) - 1)
     ours = {(s.nr, s.address, s.mem_map & map_mask, report.section_state(s.flags),
              s.nr << model.kernel.pfn_section_shift)
             for s in model.sections if s.valid}

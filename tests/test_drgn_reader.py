@@ -11,7 +11,7 @@ import pytest
 import vmcores
 from drgn_hotplug import cli
 from drgn_hotplug.drgn_reader import DrgnTarget, read_model
-from drgn_hotplug.layout import ReadError
+from drgn_hotplug.reader.target import ReadError
 from drgn_hotplug.model import Model
 from drgn_hotplug.ranges import RangeSet
 

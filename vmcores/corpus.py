@@ -229,7 +229,9 @@ class Site:
 
 def discover_sites(prog) -> List[Site]:
     """Every object drgn-hotplug reads, located on the intact dump."""
-    from drgn_hotplug import layout
+    import drgn_hotplug.reader.kernfs
+    import drgn_hotplug.reader.mmzone
+    import drgn_hotplug.reader.target
     from drgn_hotplug.drgn_reader import DrgnTarget, read_model
 
     model = read_model(prog)
@@ -237,7 +239,7 @@ def discover_sites(prog) -> List[Site]:
     sites: List[Site] = []
     for finder in (_section_sites, _memblock_sites, _block_sites, _xarray_sites, _node_sites,
                    _kernfs_sites, _identity_sites):
-        sites += finder(prog, model, target, layout)
+        sites += finder(prog, model, target, drgn_hotplug.reader)
     return sites
 
 
@@ -255,11 +257,11 @@ def _sizeof(prog, type_name: str) -> int:
     return DrgnTarget(prog).sizeof(type_name)
 
 
-def _section_sites(prog, model, target, layout) -> List[Site]:
+def _section_sites(prog, model, target, reader) -> List[Site]:
     sites = []
     if model.kernel.sparsemem_extreme:
-        roots = layout.mem_section_roots(target)
-        words = layout.decode_words(prog.read(roots, 8 * 64))
+        roots = reader.mmzone.mem_section_roots(target)
+        words = reader.target.decode_words(prog.read(roots, 8 * 64))
         used = [i for i, w in enumerate(words) if w]
         sites.append(Site("mem_section roots", "mem_section[]", roots, 8 * (max(used) + 1),
                           tuple(_ptr(f"root{i}", 8 * i, roots) for i in used)))
@@ -275,7 +277,7 @@ def _section_sites(prog, model, target, layout) -> List[Site]:
     return sites
 
 
-def _memblock_sites(prog, model, target, layout) -> List[Site]:
+def _memblock_sites(prog, model, target, reader) -> List[Site]:
     sites = []
     kind = "struct memblock_type"
     region_size = _sizeof(prog, "struct memblock_region")
@@ -297,7 +299,7 @@ def _memblock_sites(prog, model, target, layout) -> List[Site]:
     return sites
 
 
-def _block_sites(prog, model, target, layout) -> List[Site]:
+def _block_sites(prog, model, target, reader) -> List[Site]:
     sites = []
     mb = "struct memory_block"
     size = _sizeof(prog, mb)
@@ -312,7 +314,8 @@ def _block_sites(prog, model, target, layout) -> List[Site]:
     first_node = None
     for b in model.blocks:
         sites.append(Site("memory_block", f"memory{b.id}", b.address, size, tuple(fields)))
-        private = layout.read_word(target, b.address + dev + _offset(prog, "struct device", "p"))
+        private = reader.target.read_word(target,
+                                          b.address + dev + _offset(prog, "struct device", "p"))
         node = private + knode
         first_node = first_node or node
         sites.append(Site("memory bus list", f"memory{b.id} knode_bus", node, 16,
@@ -320,7 +323,7 @@ def _block_sites(prog, model, target, layout) -> List[Site]:
     return sites
 
 
-def _xarray_sites(prog, model, target, layout) -> List[Site]:
+def _xarray_sites(prog, model, target, reader) -> List[Site]:
     try:
         xarray = prog["memory_blocks"]
     except KeyError:
@@ -335,7 +338,7 @@ def _xarray_sites(prog, model, target, layout) -> List[Site]:
         if entry & 3 != 2 or entry <= 4096:
             continue
         node = entry - 2
-        words = layout.decode_words(prog.read(node + slots, 64 * 8))
+        words = reader.target.decode_words(prog.read(node + slots, 64 * 8))
         used = [i for i, w in enumerate(words) if w]
         sites.append(Site("memory_blocks xarray", f"xa_node {node:#x}", node, slots + 64 * 8,
                           (Field("shift", 0, 1, "count"),
@@ -345,7 +348,7 @@ def _xarray_sites(prog, model, target, layout) -> List[Site]:
     return sites
 
 
-def _node_sites(prog, model, target, layout) -> List[Site]:
+def _node_sites(prog, model, target, reader) -> List[Site]:
     array = prog["node_devices"].address_
     sites = [Site("node_devices", "node_devices[]", array, 8 * max(n.nid + 1 for n in model.nodes),
                   tuple(_ptr(f"[{n.nid}]", 8 * n.nid, array) for n in model.nodes))]
@@ -355,22 +358,22 @@ def _node_sites(prog, model, target, layout) -> List[Site]:
     return sites
 
 
-def _kernfs_sites(prog, model, target, layout) -> List[Site]:
+def _kernfs_sites(prog, model, target, reader) -> List[Site]:
     """kernfs directories of nodes and blocks: their rbtree roots, every child
     node (rb links, name, symlink target, liveness) and the link targets."""
     kn = "struct kernfs_node"
     size = _sizeof(prog, kn)
     rb, children = _offset(prog, kn, "rb"), _offset(prog, kn, "dir.children")
-    kl = layout.kernfs_layout(target)
-    reader = layout.KernfsReader(target, kl, model.kernel.page_size)
+    kl = reader.kernfs.kernfs_layout(target)
+    kernfs = reader.kernfs.KernfsReader(target, kl, model.kernel.page_size)
     dirs = [n.kn_address for n in model.nodes if n.kn_address]
     dirs += [b.kn_address for b in model.blocks if b.kn_address]
     sites = []
     for directory in dirs:
-        root = layout.read_word(target, directory + children)
+        root = reader.target.read_word(target, directory + children)
         sites.append(Site("kernfs rbtree", f"dir {directory:#x} children", directory + children, 8,
                           (_ptr("rb_node", 0, directory + children),)))
-        for child in reader.children(directory):
+        for child in kernfs.children(directory):
             fields = (Field("active", kl.active, 4, "count"),
                       _ptr("parent", kl.parent, child.address),
                       _ptr("name", kl.name), _ptr("rb.parent_color", rb, root),
@@ -379,11 +382,11 @@ def _kernfs_sites(prog, model, target, layout) -> List[Site]:
                       Field("flags", kl.flags, 2, "word"))
             sites.append(Site("kernfs node", f"kn {child.address:#x}", child.address, size, fields))
     for link in model.links:
-        name_at = reader.node(link.kn_address).name_address
+        name_at = kernfs.node(link.kn_address).name_address
         sites.append(Site("kernfs name", f"name of {link.name}", name_at, 16,
                           (Field("name", 0, 16, "string"),)))
         if link.target_address:
-            target_kn = reader.node(link.target_address)
+            target_kn = kernfs.node(link.target_address)
             sites.append(Site("kernfs name", f"name of {link.target_name}", target_kn.name_address,
                               16, (Field("name", 0, 16, "string"),)))
             sites.append(Site("kernfs node", f"target kn {link.target_address:#x}",
@@ -393,11 +396,11 @@ def _kernfs_sites(prog, model, target, layout) -> List[Site]:
     return sites
 
 
-def _identity_sites(prog, model, target, layout) -> List[Site]:
+def _identity_sites(prog, model, target, reader) -> List[Site]:
     """What names the kernel: its release string and VMCOREINFO text in memory."""
     uts = prog["init_uts_ns"].name
-    vmcoreinfo = layout.read_word(target, prog["vmcoreinfo_data"].address_)
-    length = layout.read_word(target, prog["vmcoreinfo_size"].address_)
+    vmcoreinfo = reader.target.read_word(target, prog["vmcoreinfo_data"].address_)
+    length = reader.target.read_word(target, prog["vmcoreinfo_size"].address_)
     sites = [Site("kernel identity", "init_uts_ns.release", uts.release.address_, 65,
                   (Field("release", 0, 16, "string"),)),
              Site("kernel identity", "vmcoreinfo_size", prog["vmcoreinfo_size"].address_, 8,
@@ -407,7 +410,7 @@ def _identity_sites(prog, model, target, layout) -> List[Site]:
     flags = _offset(prog, "struct page", "flags")
     shift = model.kernel.pfn_section_shift
     by_nr = {s.nr: s for s in model.sections}
-    map_mask = ~((1 << layout.section_map_last_bit(target, model.kernel)) - 1)
+    map_mask = ~((1 << reader.mmzone.section_map_last_bit(target, model.kernel)) - 1)
     sizeof_page = _sizeof(prog, "struct page")
     for pfn in list(model.page_nids)[:8]:
         section = by_nr[pfn >> shift]

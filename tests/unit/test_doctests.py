@@ -1,13 +1,21 @@
 """The examples in the engine's docstrings are run, so they stay true."""
 
 import doctest
+import importlib
+import pkgutil
 
 import pytest
 
-from drgn_hotplug import checks, kernels, layout, model, ranges, report, vmcoreinfo
+from drgn_hotplug import checks, kernels, model, ranges, reader, report, vmcoreinfo
+
+# Every module of the reader package, found rather than listed, so a new one
+# cannot go untested.
+READER_MODULES = [importlib.import_module(f"{reader.__name__}.{info.name}")
+                  for info in pkgutil.iter_modules(reader.__path__)]
 
 
-@pytest.mark.parametrize("module", [checks, kernels, layout, model, ranges, report, vmcoreinfo],
+@pytest.mark.parametrize("module", [checks, kernels, model, ranges, report, vmcoreinfo,
+                                    *READER_MODULES],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module)

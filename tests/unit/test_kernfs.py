@@ -4,7 +4,8 @@ child reported as ReadError."""
 
 import pytest
 
-from drgn_hotplug.layout import KernfsLayout, KernfsReader, ReadError
+from drgn_hotplug.reader.kernfs import KernfsLayout, KernfsReader
+from drgn_hotplug.reader.target import ReadError
 
 # struct kernfs_node as in the layout doctests: 128 bytes, rb at 24 (rb_right
 # at +8, rb_left at +16), symlink.target_kn at 64, dir.children at 72, flags

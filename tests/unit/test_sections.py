@@ -4,7 +4,8 @@ unreadable ones."""
 
 import pytest
 
-from drgn_hotplug.layout import SECTIONS_PER_RUN_TO_SORT, ReadError, SectionLayout, read_sections
+from drgn_hotplug.reader.mmzone import SECTIONS_PER_RUN_TO_SORT, SectionLayout, read_sections
+from drgn_hotplug.reader.target import ReadError
 from drgn_hotplug.model import Section, SectionTable
 
 # x86_64 6.1: struct mem_section is 16 bytes (section_mem_map, usage); the
