@@ -13,7 +13,8 @@ import json
 import re
 import shutil
 import subprocess
-from typing import List, Set, Tuple
+from pathlib import Path
+from typing import Dict, List, Set, Tuple
 
 import pytest
 
@@ -23,6 +24,7 @@ from drgn_hotplug.drgn_reader import DrgnTarget, read_model
 from drgn_hotplug.model import Finding, Model
 from drgn_hotplug.ranges import RangeSet
 from drgn_hotplug.reader.mmzone import section_map_last_bit
+from vmcores.cells import cells_dir
 
 pytest.importorskip("drgn")
 pytestmark = pytest.mark.slow
@@ -211,6 +213,83 @@ def test_arm64_6_1_nomap_is_not_linear_mapped_only(scenario):
     nomap = nomap_ranges(truth, model.kernel.page_shift)
     assert nomap and not (nomap - not_mapped)
     assert model.kernel.arch_pfn_valid_inlines is None
+
+
+# ---------------------------------------------------------------- the reader's cross-checks
+
+def cached_dumps() -> List[Tuple[str, Path, Path]]:
+    """(id, dump, vmlinux) of every dump of every cell already built."""
+    dumps = []
+    for meta in sorted(cells_dir().glob("*/cell.json")):
+        for name in ("vmcore.kdump", "vmcore-filtered.kdump"):
+            dump = meta.parent / name
+            if dump.exists() and (meta.parent / "truth.json").exists():
+                vmlinux = Path(json.loads(meta.read_text())["vmlinux"])
+                dumps.append((f"{meta.parent.name}/{name}", dump, vmlinux))
+    return dumps
+
+
+def unchecked_findings(model: Model) -> List[Finding]:
+    """The findings without the cross-check: every field taken as read."""
+    model = checks.with_section_table(model)
+    return checks._run_all(checks._Context(model, checks.pfn_sets(model)))
+
+
+@pytest.mark.parametrize("dump, vmlinux", [d[1:] for d in cached_dumps()],
+                         ids=[d[0] for d in cached_dumps()])
+def test_the_cross_checks_are_silent_where_the_reader_reads_right(dump, vmlinux):
+    """On every built cell, each fact the kernel keeps twice reads the same
+    both ways: the cross-check names no field and changes no finding. (A
+    failure names a field the reader misreads on that kernel.)"""
+    model = read_model(cli.open_program(core=str(dump), symbols=[str(vmlinux)]))
+    prepared, findings = checks.checked(model)
+    assert prepared.misread == (), [u.reason for u in prepared.unreadable[len(model.unreadable):]]
+    assert prepared.unreadable == model.unreadable
+    assert findings == unchecked_findings(model)
+
+
+def shifted_page_nids(prog, model: Model) -> Dict[int, int]:
+    """The page nids a kernel that packs a 10-bit field of ones above the
+    node would give the reader's decoder: each real page->flags word at a
+    page nid site, its bits moved down by NODES_SHIFT under the new field."""
+    from drgn import TypeKind
+    from drgn.helpers.linux.mm import pfn_to_page
+
+    from drgn_hotplug.reader.page import page_flags_nid
+
+    nodes_shift = model.kernel.max_numnodes.bit_length() - 1
+    shifted = {}
+    for pfn in model.page_nids:
+        flags = pfn_to_page(prog, pfn).flags
+        if flags.type_.kind == TypeKind.STRUCT:    # memdesc_flags_t (7.x)
+            flags = flags.f
+        word = ((1 << nodes_shift) - 1) << (64 - nodes_shift) | flags.value_() >> nodes_shift
+        shifted[pfn] = page_flags_nid(word, model.kernel)
+    return shifted
+
+
+@pytest.mark.parametrize("arch, kernel", [("x86_64", "6.1"), ("arm64", "6.1")])
+def test_a_page_node_field_moved_by_a_future_kernel_draws_no_finding(arch, kernel):
+    """The orphan cell's real struct pages, decoded as if the node field had
+    moved: one unreadable entry names the field and the release, no link
+    finding comes from the page nids, the orphans are still found exactly,
+    and the check exits 1."""
+    c = cell(arch, kernel, "orphan")
+    prog = cli.open_program(core=str(c.kdump), symbols=[str(c.vmlinux)])
+    model = read_model(prog)
+    model.page_nids = shifted_page_nids(prog, model)
+    assert set(model.page_nids.values()) == {model.kernel.max_numnodes - 1}
+    assert {f.kind for f in unchecked_findings(model) if f.node == model.kernel.max_numnodes - 1} \
+        == {"missing-link"}, "the moved field must mislead the checks without the cross-check"
+    prepared, findings = checks.checked(model)
+    (entry,) = prepared.unreadable
+    assert entry.what == "page->flags node field"
+    assert entry.reason.endswith(f"layout of {c.truth['release']} not understood")
+    assert [f for f in findings if f.kind in ("missing-link", "wrong-node-link")] == []
+    dangling = {(d["node"], d["block"]) for d in c.truth["dangling_links"]}
+    assert {(f.node, f.block) for f in findings if f.kind == "orphaned-link"} == dangling
+    text, status = cli.render_command(model, "check")
+    assert status == 1 and "page->flags node field: does not match memory_block.nid" in text
 
 
 # ---------------------------------------------------------------- crash kmem -n
