@@ -4,7 +4,9 @@ files must be what drgn reads through QEMU's own ELF dump of the same guest.
 Each arch boots its 6.1 ``hotplug`` cell live once (so the dump holds a
 hot-added DIMM above the boot RAM and its ZONE_MOVABLE struct pages), takes a
 fresh physical ELF dump over QMP and converts it; the cell's own dumps cannot
-serve, the bed deletes their raw ELF.
+serve, the bed deletes their raw ELF.  arm64 also boots trixie's 6.12, which
+runs with 52-bit kernel VAs on 4K pages (LPA2: five levels, another
+descriptor format).
 """
 
 from __future__ import annotations
@@ -45,13 +47,17 @@ def live(test):
     return pytest.mark.slow(pytest.mark.live(test))
 
 
-@pytest.fixture(scope="module", params=["x86_64", "arm64"])
+LIVE_KERNELS = [("x86_64", "6.1"), ("arm64", "6.1"), ("arm64", "6.12+deb13")]
+
+
+@pytest.fixture(scope="module", params=LIVE_KERNELS, ids="-".join)
 def dumps(request, tmp_path_factory) -> Dumps:
-    cell = vmcores.build_cell(request.param, "6.1", "hotplug")
-    out = tmp_path_factory.mktemp(f"dumpfmt-{request.param}")
+    arch, kernel = request.param
+    cell = vmcores.build_cell(arch, kernel, "hotplug")
+    out = tmp_path_factory.mktemp(f"dumpfmt-{arch}-{kernel}")
     with vmcores.start_live(cell) as guest:
         guest.dump(out / "raw.elf")
-    d = Dumps(request.param, cell.vmlinux, out / "raw.elf", out / "vmcore.kdump",
+    d = Dumps(arch, cell.vmlinux, out / "raw.elf", out / "vmcore.kdump",
               out / "kvaddr.elf", out / "classic.elf", dumpfmt.read_qemu_elf(out / "raw.elf"))
     dumpfmt.write_kdump(d.raw, d.kdump)
     dumpfmt.write_kvaddr_elf(d.raw, d.kvaddr)
@@ -182,7 +188,7 @@ def kvaddr_loads(path: Path) -> list[tuple[int, int]]:
 
 @live
 # makedumpfile is built for the host's arch only: it reads the x86_64 dumps.
-@pytest.mark.parametrize("dumps", ["x86_64"], indirect=True)
+@pytest.mark.parametrize("dumps", [("x86_64", "6.1")], indirect=True, ids="-".join)
 def test_makedumpfile_filters_the_classic_elf(dumps, tmp_path):
     out = tmp_path / "filtered.kdump"
     proc = subprocess.run(["makedumpfile", "-c", "-d", "31", "-x", str(dumps.vmlinux),
