@@ -231,19 +231,24 @@ def pfn_sets(model: Model) -> PfnSets:
         map_memory = memory - nomap
     return PfnSets(
         valid=valid, early=early, nonearly=nonearly,
-        zone_device=_zone_device_set(kernel, sections, nonearly, blocks),
+        zone_device=_zone_device_set(kernel, sections, nonearly,
+                                     None if selfcheck.blocks_incomplete(model) else blocks),
         active=active, memmap=early | active, blocks=blocks,
         memblock_memory=memory, nomap=nomap, pfn_valid=pfn_valid,
         pfn_is_map_memory=map_memory, rule=rule)
 
 
 def _zone_device_set(kernel: KernelFacts, sections: SectionTable, nonearly: RangeSet,
-                     blocks: RangeSet) -> RangeSet:
+                     blocks: Optional[RangeSet]) -> RangeSet:
     """Non-early sections that are ZONE_DEVICE: tainted (v5.12, 1f90a3477df3)
     or, before the taint existed, covered by no memory block (only
-    add_memory() creates blocks; memremap_pages() never does)."""
+    add_memory() creates blocks; memremap_pages() never does). ``blocks``
+    is None when the memory blocks could not all be read: a section
+    without a block then proves nothing, and only the taint counts."""
     tainted = _sections_where(
         kernel, sections, lambda flags: valid_not_early(flags) and TAINT_ZONE_DEVICE in flags)
+    if blocks is None:
+        return tainted
     return tainted | (nonearly - tainted - blocks)
 
 

@@ -335,3 +335,21 @@ def test_links_the_dump_lacks_are_unreadable_not_findings():
     findings = serious(checks.run_checks(model))
     assert [(f.kind, f.block, f.facts["missing"]) for f in findings] == [
         (MISSING_LINK, 5, ["node-to-block"]), (MISSING_LINK, 6, ["block-to-node"])]
+
+
+def test_blocks_the_dump_lacks_prove_no_removal():
+    # makedumpfile -d 31 on 7.x drops the bus list's and the xarray's slab
+    # pages (x86_64 7.x orphan cell): no block is read, yet every link is.
+    model = h.x86_hotplug()
+    model.blocks = []
+    model.unreadable += [Unreadable("memory bus device list", "Excluded page", 0xffff8a5801299318),
+                         Unreadable("memory_blocks xarray", "Excluded page", 0xffff8a5801447488)]
+    findings = checks.run_checks(model)
+    assert [(f.kind, f.severity) for f in serious(findings)] == [(UNREADABLE, "warning")] * 2
+    hot = [f for f in findings if f.start_pfn == 0x100000]
+    assert [f.facts["reason_code"] for f in hot] == ["hot-added-arch-discards-memblock"]
+    # With the blocks read and memory32 really gone, its links are orphans.
+    model = h.x86_hotplug()
+    model.blocks = [b for b in model.blocks if b.id != 32]
+    assert {(f.kind, f.block) for f in serious(checks.run_checks(model))} == {
+        (ORPHANED_LINK, 32)}
