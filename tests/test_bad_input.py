@@ -197,16 +197,41 @@ def test_a_vmlinux_of_another_kernel_is_refused_before_reading(x86_61, arch, ser
 @pytest.mark.slow
 def test_a_filtered_dump_gives_partial_results_naming_what_was_excluded(get_cell):
     """makedumpfile -d 31 on 6.12 drops slab pages, where kernfs nodes live
-    (testbed-notes): the links it cannot read are listed, the rest is checked."""
+    (testbed-notes): the links it cannot read are listed, the rest is checked,
+    and the run is not clean: each object it could not read is a warning."""
     cell = get_cell("x86_64", "6.12", "orphan")
     proc = drgn_hotplug("-c", str(cell.filtered_kdump), "-s", str(cell.vmlinux), "check", "--json")
-    assert proc.returncode in (0, 1) and proc.stderr == ""
+    assert proc.returncode == 1 and proc.stderr == ""
     doc = json.loads(proc.stdout)
     excluded = [u for u in doc["unreadable"] if "Excluded page" in u["reason"]]
     assert excluded and all(isinstance(u["address"], int) for u in excluded)
     assert any(u["what"].startswith("kernfs") for u in excluded)
+    assert_each_unreadable_is_a_warning(doc)
     # Sections and memblock are in unfiltered pages: their checks still ran.
     assert any(f["kind"] == "memmap-without-memblock" for f in doc["findings"])
+
+
+def assert_each_unreadable_is_a_warning(doc: dict) -> None:
+    """One ``unreadable`` warning finding per unreadable object, naming it."""
+    findings = [f for f in doc["findings"] if f["kind"] == "unreadable"]
+    assert [f["facts"] for f in findings] == doc["unreadable"]
+    assert all(f["severity"] == "warning" and f["facts"]["what"] in f["reason"] for f in findings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["5.10", "6.1", "7.x"])
+def test_filtered_dumps_exit_1_exactly_when_something_is_unreadable(get_cell, kernel):
+    """A partial analysis is not a clean bill of health: the orphan cell's
+    filtered dump exits 1 with its orphans or its unreadable objects, and
+    with neither only when everything was read."""
+    cell = get_cell("x86_64", kernel, "orphan")
+    proc = drgn_hotplug("-c", str(cell.filtered_kdump), "-s", str(cell.vmlinux), "check", "--json")
+    doc = json.loads(proc.stdout)
+    assert_each_unreadable_is_a_warning(doc)
+    orphans = {(f["node"], f["block"]) for f in doc["findings"] if f["kind"] == "orphaned-link"}
+    dangling = {(d["node"], d["block"]) for d in cell.truth["dangling_links"]}
+    assert orphans == dangling or doc["unreadable"], "orphans lost without saying why"
+    assert proc.returncode == 1
 
 
 @pytest.mark.slow
