@@ -183,6 +183,31 @@ def test_api_for_drgn_scripts():
     assert len(api.read_model(prog).blocks) == len(orphan().truth["memory_blocks"])
 
 
+@pytest.mark.slow
+def test_a_partial_analysis_exits_1_in_every_front_end():
+    """The x86_64 6.12 orphan cell's filtered dump (makedumpfile -d 31 drops
+    the slab pages holding kernfs nodes) hides its orphans: what it could not
+    read is a warning per object, in the table, the JSON, explain and %memhp."""
+    filtered = vmcores.build_cell("x86_64", "6.12", "orphan")
+    args = ["-c", str(filtered.filtered_kdump), "-s", str(filtered.vmlinux)]
+    table = run(*args, "check")
+    assert table.returncode == 1, table.stderr
+    doc = json.loads(run(*args, "--json", "check").stdout)
+    assert doc["unreadable"] and doc["summary"]["warning"] == len(doc["unreadable"])
+    rows = [line for line in table.stdout.splitlines() if line.split()[1:2] == ["unreadable"]]
+    assert len(rows) == len(doc["unreadable"])
+    assert all(f"{u['address']:#x}" in row and u["what"] in row
+               for u, row in zip(doc["unreadable"], rows))
+    explained = run(*args, "--json", "explain", "0x8000000")
+    assert explained.returncode == 1
+    assert {f["kind"] for f in json.loads(explained.stdout)["explain"]["findings"]} == {"unreadable"}
+    script = ("from drgn.commands import run_command\n"
+              "print('STATUS', run_command(prog, 'memhp check'))\n")
+    memhp = subprocess.run(["drgn", "-q", *args, "-e", script], capture_output=True, text=True,
+                           timeout=300)
+    assert "STATUS 1" in memhp.stdout and "unreadable" in memhp.stdout, memhp.stderr
+
+
 def test_parse_location():
     assert cli.parse_location("4096", 12) == 4096
     assert cli.parse_location("0X1000", 12) == 1
