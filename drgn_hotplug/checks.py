@@ -680,7 +680,7 @@ def _missing_link_finding(ctx: _Context, links: _Links, block, nid: int,
     severity, reason = "error", f"online memory{block.id} has no {absent}"
     if nid == NUMA_NO_NODE:
         reason = f"online memory{block.id} has no node link at all and no known node"
-    valid = ctx.sets.pfn_valid
+    valid = None if _sections_misread(ctx.model) else ctx.sets.pfn_valid
     if valid is not None and not valid.intersects(start, end):
         severity = "warning"
         reason += (f": pfn_valid() is false for every pfn of the block "

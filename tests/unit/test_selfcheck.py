@@ -176,3 +176,17 @@ def test_cross_checking_twice_adds_nothing():
     again = selfcheck.cross_check(replace(once, cross_checked=False), checks.RangeSet([(0, 1 << 40)]))
     assert again.unreadable == once.unreadable
     assert checks.run_checks(once) == checks.run_checks(model)
+
+
+def test_misread_sections_do_not_explain_a_missing_link():
+    # arm64 5.10's memory0 lacks its node link because pfn_valid() is false
+    # on the whole block: a reason read from the sections. Misread, the
+    # sections explain nothing and the missing link is an error again.
+    model = h.arm64_510()
+    (before,) = [f for f in checks.run_checks(model) if f.kind == MISSING_LINK]
+    assert before.severity == "warning"
+    model.sections = [replace(s, nr=s.nr + 256) for s in model.sections]
+    prepared, findings = checks.checked(model)
+    assert prepared.misread == (selfcheck.SECTION_PRESENCE,)
+    (after,) = [f for f in findings if f.kind == MISSING_LINK]
+    assert (after.severity, after.block) == ("error", 0)
