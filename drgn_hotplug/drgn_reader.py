@@ -88,7 +88,15 @@ class DrgnTarget:
 
     def symbol(self, name: str) -> Optional[int]:
         try:
-            return self.prog[name].address_
+            address = self.prog[name].address_
+        except LookupError:
+            address = None
+        if address is not None:
+            return address
+        # A function DWARF calls optimized out (7.3's vmemmap_populate) still
+        # has its ELF symbol, and that is where its code is.
+        try:
+            return self.prog.symbol(name).address
         except LookupError:
             return None
 
