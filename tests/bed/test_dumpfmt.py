@@ -248,7 +248,7 @@ AF, NG, PXN_UXN = 1 << 10, 1 << 11, 3 << 53
     (0x000C_0000_4123_4000 | AF | 3, 0x41234000, 0x41234000),
     # the software bits 55-58 and 63 are no address either
     (0x8780_0000_4123_4000 | AF | 3, 0x41234000, 0x41234000),
-])
+], ids=["attributes", "bits9:8=11", "bit8", "bit9", "bits49:48", "GP+DBM", "software-bits"])
 def test_arm64_output_address_lpa2_and_48bit(entry, lpa2_pa, old_pa):
     assert dumpfmt.Arm64PageTables(52).output_address(entry) == lpa2_pa
     assert dumpfmt.Arm64PageTables(48).output_address(entry) == old_pa
