@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -96,6 +97,17 @@ class PfnSets:
     pfn_valid: Optional[RangeSet]
     pfn_is_map_memory: Optional[RangeSet]
     rule: kernels.PfnValidRule
+
+    @functools.cached_property
+    def page_nid_pfns(self) -> RangeSet:
+        """Pfns whose page->flags nid says which node the memory is on:
+        valid, and memory rather than a hole (struct pages of holes get
+        whatever node memmap initialisation chose for the hole)."""
+        if self.pfn_valid is None:
+            return RangeSet()
+        if self.memblock_memory is None:
+            return self.pfn_valid
+        return self.pfn_valid & (self.memblock_memory | self.active)
 
 
 # ------------------------------------------------------------------ pfn sets
@@ -539,7 +551,7 @@ def _block_nodes(ctx: _Context) -> Dict[int, Dict[int, List[str]]]:
             for block_id in block_ids[bisect.bisect_left(block_ids, first):
                                       bisect.bisect_right(block_ids, last)]:
                 nodes[block_id][region.nid].append("memblock.memory region nid")
-    trusted = _pages_with_meaningful_nid(ctx.sets)
+    trusted = ctx.sets.page_nid_pfns
     pages_per_block = kernel.pages_per_block
     for pfn, nid in ctx.model.page_nids.items():
         block_id = pfn // pages_per_block
@@ -547,17 +559,6 @@ def _block_nodes(ctx: _Context) -> Dict[int, Dict[int, List[str]]]:
                 and "page nid" not in nodes[block_id][nid]:
             nodes[block_id][nid].append("page nid")
     return {block_id: dict(by_node) for block_id, by_node in nodes.items()}
-
-
-def _pages_with_meaningful_nid(sets: PfnSets) -> RangeSet:
-    """Pfns whose page->flags nid says which node the memory is on: valid,
-    and memory rather than a hole (struct pages of holes get whatever node
-    memmap initialisation chose for the hole)."""
-    if sets.pfn_valid is None:
-        return RangeSet()
-    if sets.memblock_memory is None:
-        return sets.pfn_valid
-    return sets.pfn_valid & (sets.memblock_memory | sets.active)
 
 
 def _link_facts(link: NodeLink) -> Dict[str, Any]:
@@ -749,7 +750,7 @@ def prepare(model: Model) -> Model:
 def _prepared(model: Model) -> Tuple[Model, PfnSets]:
     model = with_section_table(model)
     sets = pfn_sets(model)
-    return selfcheck.cross_check(model, _pages_with_meaningful_nid(sets)), sets
+    return selfcheck.cross_check(model, sets), sets
 
 
 def with_section_table(model: Model) -> Model:

@@ -29,12 +29,15 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from dataclasses import dataclass
-from itertools import repeat
-from typing import List, Optional, Sequence
+from itertools import accumulate
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from .model import (KernelFacts, MemblockType, MemoryBlock, Model, Section, SectionTable,
-                    Unreadable, early_section)
+                    Unreadable)
 from .ranges import RangeSet, from_ascending_section_numbers
+
+if TYPE_CHECKING:
+    from .checks import PfnSets
 
 PAGE_NID = "page->flags node field"
 SECTION_PRESENCE = "mem_section presence"
@@ -89,9 +92,12 @@ def compare_page_nids(model: Model, meaningful: RangeSet) -> Comparison:
                       sum(page != block for page, block in pairs))
 
 
-def compare_sections_with_blocks(model: Model) -> Optional[Comparison]:
+def compare_sections_with_blocks(model: Model, early: RangeSet,
+                                 blocks: RangeSet) -> Optional[Comparison]:
     """Present sections against the memory blocks, both ways: a block none
     of whose sections is present, a boot section no block covers.
+    ``early`` and ``blocks`` are the pfns of the boot sections and of the
+    blocks (checks.PfnSets).
 
     Boot blocks need one present section (add_boot_memory_block() counts
     them; holes and x86 low memory leave the others absent; arm64 5.10's
@@ -103,22 +109,22 @@ def compare_sections_with_blocks(model: Model) -> Optional[Comparison]:
     >>> model = _example([MemoryBlock(0, 0, 0, "online", 0), MemoryBlock(5, 0, 5, "online", 0)],
     ...                  sections=[Section(0, 0, 3, boot, None, None),
     ...                            Section(1, 0, 3, boot, None, None)])
-    >>> c = compare_sections_with_blocks(model)
+    >>> c = compare_sections_with_blocks(model, RangeSet([(0, 0x10000)]),
+    ...                                  RangeSet([(0, 0x8000), (0x28000, 0x30000)]))
     >>> c.compared, c.disagreeing
     (4, 2)
     """
     if not model.blocks or blocks_incomplete(model):
         return None
-    sections = SectionTable.of(model.sections)
-    per_block = model.kernel.sections_per_block
-    starts = sorted({b.start_section_nr for b in model.blocks})
-    empty = sum(1 for start, i in zip(starts, map(bisect.bisect_left, repeat(sections.nrs), starts))
-                if i == len(sections.nrs) or sections.nrs[i] >= start + per_block)
-    boot = sections.numbers_where(early_section)
-    covered = RangeSet((start, start + per_block) for start in starts)
-    blockless = _count(from_ascending_section_numbers(boot, 0) - covered)
+    kernel = model.kernel
+    shift = kernel.pfn_section_shift
+    present = from_ascending_section_numbers(SectionTable.of(model.sections).nrs, shift)
+    block_count = _size(blocks) // kernel.pages_per_block
+    empty = block_count - _blocks_touched(blocks & present, kernel.pages_per_block)
+    boot = _size(early) >> shift
+    blockless = boot - (_shared(early, blocks) >> shift)
     return Comparison(SECTION_PRESENCE, "the memory blocks", "blocks and boot sections",
-                      len(starts) + len(boot), empty + blockless)
+                      block_count + boot, empty + blockless)
 
 
 def blocks_incomplete(model: Model) -> bool:
@@ -127,8 +133,43 @@ def blocks_incomplete(model: Model) -> bool:
     return any(u.what.startswith(_BLOCK_LISTS) for u in model.unreadable)
 
 
-def _count(numbers: RangeSet) -> int:
-    return sum(end - start for start, end in numbers)
+def _size(pfns: RangeSet) -> int:
+    return sum(end - start for start, end in pfns)
+
+
+def _shared(many: RangeSet, few: RangeSet) -> int:
+    """How many pfns two sets share, by bisecting ``many`` once per range of
+    ``few`` (boot sections split by hot-added ones against runs of blocks).
+
+    >>> _shared(RangeSet([(0, 4), (6, 10), (12, 20)]), RangeSet([(2, 7), (9, 13)]))
+    5
+    """
+    starts = [start for start, _ in many]
+    sums = list(accumulate((end - start for start, end in many), initial=0))
+    shared = 0
+    for low, high in few:
+        first = max(bisect.bisect_right(starts, low) - 1, 0)
+        stop = bisect.bisect_left(starts, high)
+        if stop <= first:
+            continue
+        shared += sums[stop] - sums[first]
+        shared -= max(0, min(many.ranges[first][1], low) - starts[first])
+        shared -= max(0, many.ranges[stop - 1][1] - high)
+    return shared
+
+
+def _blocks_touched(pfns: RangeSet, pages_per_block: int) -> int:
+    """How many memory blocks hold a pfn of ``pfns``.
+
+    >>> _blocks_touched(RangeSet([(0, 1), (5, 6), (7, 17)]), 8)
+    3
+    """
+    count, last = 0, -1
+    for start, end in pfns:
+        first, stop = max(start // pages_per_block, last + 1), (end - 1) // pages_per_block + 1
+        if stop > first:
+            count, last = count + stop - first, stop - 1
+    return count
 
 
 def compare_node_spans(model: Model) -> Comparison:
@@ -149,22 +190,23 @@ def compare_node_spans(model: Model) -> Comparison:
                           for b in compared))
 
 
-def comparisons(model: Model, meaningful: RangeSet) -> List[Comparison]:
+def comparisons(model: Model, sets: "PfnSets") -> List[Comparison]:
     """Every comparison of a field not already found misread."""
-    found = [compare_page_nids(model, meaningful), compare_sections_with_blocks(model),
+    found = [compare_page_nids(model, sets.page_nid_pfns),
+             compare_sections_with_blocks(model, sets.early, sets.blocks),
              compare_node_spans(model)]
     return [c for c in found if c is not None and c.field not in model.misread]
 
 
-def cross_check(model: Model, meaningful: RangeSet) -> Model:
+def cross_check(model: Model, sets: "PfnSets") -> Model:
     """``model`` with the fields found misread named, listed as unreadable
     and dropped as evidence: page nids when the page->flags node field or
     the sections are misread (their block comes from both), node spans when
-    those are. ``meaningful`` are the pfns whose page nid counts as
-    evidence (checks.pages_with_meaningful_nid()). Runs once per model."""
+    those are. ``sets`` are the model's pfn sets (checks.pfn_sets()).
+    Runs once per model."""
     if model.cross_checked:
         return model
-    misread = [c for c in comparisons(model, meaningful) if c.misread]
+    misread = [c for c in comparisons(model, sets) if c.misread]
     names = {c.field for c in misread} | set(model.misread)
     return dataclasses.replace(
         model, cross_checked=True, misread=tuple(sorted(names)),
