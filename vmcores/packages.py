@@ -64,9 +64,11 @@ UNSIGNED = Layout({
     "linux-image-{abi}-dbg": {"./usr/lib/debug/boot/vmlinux-{abi}": "vmlinux"},
 }, modules="linux-image-{abi}-unsigned")
 
-# Debian's 7.x packaging (trixie-backports 7.2 and 7.3): linux-image-ABI is an
-# empty signed metapackage over linux-binary (vmlinuz), linux-modules and
-# linux-base (config); in -dbg, boot/vmlinux-ABI became a symlink to
+# Debian's packaging since its 6.19 packages (trixie-backports 6.19.x, 7.x; in
+# the lists, linux-image-6.19.x is the first to depend on linux-binary and
+# linux-modules): linux-image-ABI is an empty signed metapackage over
+# linux-binary (vmlinuz), linux-modules and linux-base (config; its System.map
+# is a stub); in -dbg, boot/vmlinux-ABI became a symlink to
 # lib/modules/ABI/vmlinux, which a streamed tar cannot follow.
 SPLIT = Layout({
     "linux-binary-{abi}": {"./usr/lib/modules/{abi}/vmlinuz": "vmlinuz"},
@@ -115,7 +117,7 @@ class Series:
 # The kernel series table: adding a series is one line. Newest ABI of each
 # at build time. arm64 5.10 uses bullseye main only: bullseye-security's newer
 # arm64 5.10 packages are missing from the mirror (testbed-notes). Bookworm's
-# 6.12 (+deb12) runs on x86_64 only; arm64 gets trixie's.
+# 6.12 (+deb12) runs on x86_64 only: arm64 has one 6.12, trixie's (stable).
 SERIES = (
     Series("5.10", ("bullseye", "bullseye-security"), r"5\.10\.0-\d+", UNSIGNED,
            suites_of=(("arm64", ("bullseye",)),)),
