@@ -48,7 +48,7 @@ NODE_SPAN = "pglist_data node span"
 MIN_COMPARISONS = 4
 
 # What the readers file as unreadable when the memory block devices could
-# not all be read (layout.read_memory_blocks): blocks may then be missing,
+# not all be read (reader/memory.py, read_memory_blocks): blocks may be missing,
 # and sections without a block prove nothing about the section decoder.
 _BLOCK_LISTS = ("memory bus device list", "memory_blocks xarray", "struct memory_block")
 
