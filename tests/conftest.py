@@ -36,3 +36,35 @@ def get_cell():
 def cell(request, get_cell) -> vmcores.Cell:
     """The cell named by an indirect parameter ``(arch, kernel, scenario)``."""
     return get_cell(*request.param)
+
+
+# ---------------------------------------------------------------- the bed's own results
+
+def pytest_runtest_logreport(report):
+    """Remember the outcome of each matrix test (tests/test_matrix.py) per cell."""
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        key = MATRIX_KEYS.get(report.nodeid)
+        if key is not None:
+            reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+            MATRIX_OUTCOMES.setdefault(key, {})[report.nodeid.split("::")[1].split("[")[0]] = \
+                {"outcome": report.outcome, "reason": reason}
+
+
+MATRIX_KEYS: dict[str, tuple[str, str, str]] = {}
+MATRIX_OUTCOMES: dict[tuple[str, str, str], dict] = {}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if item.module.__name__.endswith("test_matrix") and callspec and "key" in callspec.params:
+            MATRIX_KEYS[item.nodeid] = tuple(callspec.params["key"])
+
+
+def pytest_sessionfinish(session):
+    """Merge this run's matrix outcomes, with the cells they ran on, into the
+    bed's results file (``python -m vmcores.proven`` renders it)."""
+    if MATRIX_OUTCOMES:
+        from vmcores import proven
+
+        proven.record(MATRIX_OUTCOMES)
