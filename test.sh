@@ -11,6 +11,8 @@ bed_status=0
 python3 -m vmcores build-all || bed_status=$?
 test_status=0
 python3 -m pytest -ra --durations=15 "$@" || test_status=$?
+# The kernels proven, from the outcomes tests/test_matrix.py recorded.
+python3 -m vmcores.proven || true
 if ((bed_status)); then
     echo "test.sh: the test-bed matrix did not build completely (python3 -m vmcores build-all: exit $bed_status)" >&2
 fi

@@ -6,7 +6,8 @@ import pkgutil
 
 import pytest
 
-from drgn_hotplug import checks, kernels, model, ranges, reader, report, vmcoreinfo
+from drgn_hotplug import checks, kernels, model, ranges, reader, report, selfcheck, vmcoreinfo
+from vmcores import proven
 
 # Every module of the reader package, found rather than listed, so a new one
 # cannot go untested.
@@ -14,7 +15,7 @@ READER_MODULES = [importlib.import_module(f"{reader.__name__}.{info.name}")
                   for info in pkgutil.iter_modules(reader.__path__)]
 
 
-@pytest.mark.parametrize("module", [checks, kernels, model, ranges, report, vmcoreinfo,
+@pytest.mark.parametrize("module", [checks, kernels, model, ranges, report, selfcheck, vmcoreinfo, proven,
                                     *READER_MODULES],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
