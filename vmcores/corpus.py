@@ -56,7 +56,8 @@ SOURCE_CELLS = (("x86_64", "6.1", "orphan"), ("x86_64", "6.12", "orphan"),
                 ("arm64", "6.1", "hotplug"), ("arm64", "5.10", "hotplug"))
 
 FINDING_KINDS = {"pfn-valid-mismatch", "not-linear-mapped", "memblock-without-memmap",
-                 "memmap-without-memblock", "orphaned-link", "missing-link", "wrong-node-link"}
+                 "memmap-without-memblock", "orphaned-link", "missing-link", "wrong-node-link",
+                 "unreadable"}
 SEVERITIES = ("error", "warning", "info")
 
 # Strings a hostile kernel could hold: cursor movement, screen clearing, an
@@ -746,7 +747,10 @@ def schema_problems(doc) -> List[str]:
         ints = [k for k in ("start_pfn", "end_pfn", "node", "block") if k in f]
         if any(not isinstance(f[k], int) for k in ints):
             problems.append(f"non-integer location in {f}")
-        if ("start_pfn" in f) != ("end_pfn" in f) or not ("start_pfn" in f or "block" in f):
+        # An unreadable object has no pfn or block: its facts name it.
+        named = f.get("kind") == "unreadable" and isinstance(f.get("facts", {}).get("what"), str)
+        if ("start_pfn" in f) != ("end_pfn" in f) or not ("start_pfn" in f or "block" in f
+                                                          or named):
             problems.append(f"finding without a location: {f.get('kind')}")
         counts[f.get("severity")] += 1
     for u in doc["unreadable"]:
@@ -755,6 +759,9 @@ def schema_problems(doc) -> List[str]:
             problems.append(f"bad unreadable entry {u}")
     if {s: doc["summary"].get(s) for s in SEVERITIES} != {s: counts[s] for s in SEVERITIES}:
         problems.append(f"summary {doc['summary']} does not count the findings")
+    if [f.get("facts") for f in doc["findings"] if f.get("kind") == "unreadable"] \
+            != doc["unreadable"]:
+        problems.append("the unreadable findings are not the unreadable objects")
     return problems
 
 
