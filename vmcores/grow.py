@@ -942,6 +942,8 @@ class Grower:
         template_children = [c for c in self.node_children[1]
                              if not re.fullmatch(r"cpu\d+", k.kernfs_name(c))]
         siblings = k.kernfs_children(self.node_dir)
+        for nid in (0, 1):
+            self.write_span(nid)
         for nid in range(2, plan.nodes):
             self.pgdat[nid] = self.clone_pgdat(nid)
             address, node = self.clone(self.node_dev[1], k.sizeof("struct node"))
@@ -964,13 +966,27 @@ class Grower:
         size = k.sizeof("pg_data_t")
         address, pgdat = self.clone(self.pgdat[1], size)
         put_word(pgdat, k.off("pg_data_t", "node_id"), nid, 4)
-        pfns = [nr * PAGES_PER_SECTION for nr, n in self.plan.node.items() if n == nid]
-        start, end = min(pfns), max(pfns) + PAGES_PER_SECTION
+        start, spanned, present = self.node_span(nid)
         put_word(pgdat, k.off("pg_data_t", "node_start_pfn"), start)
-        put_word(pgdat, k.off("pg_data_t", "node_spanned_pages"), end - start)
-        put_word(pgdat, k.off("pg_data_t", "node_present_pages"), len(pfns) * PAGES_PER_SECTION)
+        put_word(pgdat, k.off("pg_data_t", "node_spanned_pages"), spanned)
+        put_word(pgdat, k.off("pg_data_t", "node_present_pages"), present)
         self.region.put(address, bytes(pgdat))
         return address
+
+    def node_span(self, nid: int) -> Tuple[int, int, int]:
+        """(node_start_pfn, node_spanned_pages, node_present_pages) of a node
+        holding the plan's sections on it, as online_pages() would leave them."""
+        pfns = [nr * PAGES_PER_SECTION for nr, n in self.plan.node.items() if n == nid]
+        start, end = min(pfns), max(pfns) + PAGES_PER_SECTION
+        return start, end - start, len(pfns) * PAGES_PER_SECTION
+
+    def write_span(self, nid: int) -> None:
+        """The source's own nodes span the grown machine's memory on them too."""
+        k = self.k
+        start, spanned, present = self.node_span(nid)
+        for member, value in (("node_start_pfn", start), ("node_spanned_pages", spanned),
+                              ("node_present_pages", present)):
+            self.write_word(self.pgdat[nid] + k.off("pg_data_t", member), value)
 
     # -- links
     def build_node_links(self) -> None:

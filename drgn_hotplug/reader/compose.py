@@ -15,7 +15,7 @@ from .links import read_links
 from .memblock import read_memblock
 from .memory import max_memory_blocks, read_memory_blocks
 from .mmzone import mem_section_roots, read_sections, section_layout
-from .node import read_nodes
+from .node import read_node_spans, read_nodes
 from .page import read_page_nids
 from .target import PageCache, Target
 
@@ -68,7 +68,8 @@ def _read_model(target: Target) -> Model:
     page_nids = read_page_nids(target, facts, sections, blocks, unreadable)
     return Model(kernel=facts, sections=sections, memblock_memory=memory,
                  memblock_reserved=reserved, blocks=blocks, nodes=nodes, links=links,
-                 page_nids=page_nids, unreadable=unreadable)
+                 page_nids=page_nids, unreadable=unreadable,
+                 node_spans=read_node_spans(target, facts, nodes, unreadable))
 
 
 # CONFIG_NR_CPUS can be at most 8192 (x86 MAXSMP; arm64 allows 4096).

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..model import KernelFacts, Node, Unreadable
-from .target import WORD, ReadError, Target, decode_words, read_word, require_offset, require_symbol
+from .target import (WORD, ReadError, Target, decode_words, read_word, require_offset, require_symbol,
+                     word_at)
 
 
 def bitmap_bits(data: bytes) -> List[int]:
@@ -51,3 +52,43 @@ def _online_nodes(target: Target, unreadable: List[Unreadable]) -> List[int]:
     except ReadError as error:
         unreadable.append(Unreadable("node_states[N_ONLINE]", error.reason, states))
         return []
+
+
+def read_node_spans(target: Target, facts: KernelFacts, nodes: Sequence[Node],
+                    unreadable: List[Unreadable]) -> Dict[int, Tuple[int, int]]:
+    """nid -> (``node_start_pfn``, ``node_spanned_pages``) of each online
+    node's ``pglist_data``: ``node_data[nid]`` (one read of the array), or
+    ``contig_page_data`` on a kernel without NUMA. The kernel keeps a node's
+    span apart from its memory blocks (online_pages() grows it), so the
+    cross-checks can hold one against the other.
+    """
+    start = target.offsetof("struct pglist_data", "node_start_pfn")
+    spanned = target.offsetof("struct pglist_data", "node_spanned_pages")
+    if start is None or spanned is None:
+        return {}
+    online = [node.nid for node in nodes if node.online]
+    pgdats = _pgdat_addresses(target, facts, online, unreadable)
+    low, high = min(start, spanned), max(start, spanned) + WORD
+    spans = {}
+    for nid, pgdat in pgdats.items():
+        try:
+            data = target.read(pgdat + low, high - low)
+        except ReadError as error:
+            unreadable.append(Unreadable(f"pglist_data of node {nid}", error.reason, pgdat))
+            continue
+        spans[nid] = (word_at(data, start - low), word_at(data, spanned - low))
+    return spans
+
+
+def _pgdat_addresses(target: Target, facts: KernelFacts, online: Sequence[int],
+                     unreadable: List[Unreadable]) -> Dict[int, int]:
+    array = target.symbol("node_data")
+    if array is None:
+        contig = target.symbol("contig_page_data")
+        return {0: contig} if contig is not None else {}
+    try:
+        pointers = decode_words(target.read(array, facts.max_numnodes * WORD))
+    except ReadError as error:
+        unreadable.append(Unreadable("node_data", error.reason, array))
+        return {}
+    return {nid: pointers[nid] for nid in online if nid < len(pointers) and pointers[nid]}
