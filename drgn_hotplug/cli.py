@@ -16,6 +16,7 @@ works without it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import socket
 import sys
@@ -70,7 +71,7 @@ def render_command(model: Model, command: str, location: Optional[str] = None,
     1
     """
     # The model of a 64 TB machine is a million objects: collections during
-    # the checks would walk them all again (as while reading, layout.py).
+    # the checks would walk them all again (as while reading, drgn_hotplug/reader/).
     with collector_paused():
         return _render_command(model, command, location, as_json, version)
 
@@ -124,24 +125,39 @@ def _listing(model: Model, command: str, as_json: bool) -> Tuple[str, Dict[str, 
 def open_program(core: Optional[str] = None, qemu: Optional[str] = None,
                  symbols: Sequence[str] = ()):
     """A drgn Program for a dump (``core``), a QEMU guest (``qemu``: its
-    QMP socket) or the running kernel, with the kernel's debug info loaded.
+    QMP socket) or the running kernel, with the kernel's debug info loaded."""
+    return open_target(core, qemu, symbols)[0]
 
-    Mirrors drgn's own CLI (drgn/cli.py): ``set_core_dump``,
-    ``set_qemu_qmp`` or ``set_kernel``, then ``load_debug_info`` of the
-    given files, else of the default locations.
+
+def open_target(core: Optional[str] = None, qemu: Optional[str] = None,
+                symbols: Sequence[str] = ()) -> Tuple[Any, Optional[str]]:
+    """(drgn Program, the dump's format or None for a live kernel), debug
+    info loaded.
+
+    Mirrors drgn's own CLI (drgn/cli.py): a dump through ``dumps.open_dump``
+    (drgn's ``set_core_dump``, or the pages read by drgn_hotplug where
+    libkdumpfile gives up), ``set_qemu_qmp`` or ``set_kernel``, then
+    ``load_debug_info`` of the given files, else of the default locations.
     """
     import drgn
 
+    from . import dumps
+
+    dump_format = None
     if qemu is not None:
         wait_for_qmp_greeting(qemu)
-    prog = drgn.Program()
     try:
         if core is not None:
-            prog.set_core_dump(core)
-        elif qemu is not None:
-            prog.set_qemu_qmp(qemu)
+            opened = dumps.open_dump(core)
+            prog, dump_format = opened.prog, opened.format
         else:
-            prog.set_kernel()
+            prog = drgn.Program()
+            if qemu is not None:
+                prog.set_qemu_qmp(qemu)
+            else:
+                prog.set_kernel()
+    except dumps.DumpError as error:
+        raise Unanalysable(str(error)) from error
     except Exception as error:
         # libkdumpfile's errors reach Python as a bare Exception (drgn 0.3.0),
         # so anything raised while opening means "cannot open".
@@ -149,7 +165,7 @@ def open_program(core: Optional[str] = None, qemu: Optional[str] = None,
         raise Unanalysable(f"cannot open {where}: {first_line(error)}") from error
     check_kernel_target(prog, core or qemu or "/proc/kcore", symbols)
     _load_kernel_debug_info(prog, symbols)
-    return prog
+    return prog, dump_format
 
 
 # Seconds to wait for QEMU's QMP greeting before calling the socket busy.
@@ -178,7 +194,7 @@ def wait_for_qmp_greeting(path: str, timeout: float = QMP_GREETING_TIMEOUT) -> N
         raise Unanalysable(f"{path} is not a QMP socket (it sent {greeting[:40]!r})")
 
 
-# The architectures the model and layout.py decode (64-bit little-endian).
+# The architectures the model and drgn_hotplug/reader decode (64-bit little-endian).
 _SUPPORTED_ARCHES = {"X86_64": "x86_64", "AARCH64": "aarch64"}
 
 
@@ -294,8 +310,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         # drgn logs a warning per kernel module without debug info.
         logging.getLogger("drgn").setLevel(logging.ERROR)
     try:
-        prog = open_program(core=args.core, qemu=args.qemu, symbols=args.symbols)
+        prog, dump_format = open_target(core=args.core, qemu=args.qemu, symbols=args.symbols)
         model = read_model_checked(prog)
+        model.kernel = dataclasses.replace(model.kernel, dump_format=dump_format)
         text, status = render_command(model, args.command, getattr(args, "location", None),
                                       as_json=args.json, version=report.package_version())
     except Unanalysable as error:

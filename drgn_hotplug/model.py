@@ -61,6 +61,9 @@ class KernelFacts:
     kaslr_offset: Optional[int] = None
     arch_pfn_valid_inlines: Optional[Tuple[str, ...]] = None
     config: Dict[str, str] = field(default_factory=dict)
+    # The dump's format (drgn_hotplug.dumps.describe, e.g. "flattened
+    # kdump-zlib"); None for a live kernel.
+    dump_format: Optional[str] = None
 
     @property
     def page_shift(self) -> int:

@@ -281,7 +281,8 @@ def render_kernel(kernel: KernelFacts) -> str:
     return (f"kernel {escape(kernel.release)} ({escape(kernel.arch)}, {version}), "
             f"sections of {human_size(1 << kernel.section_size_bits)}, "
             f"memory blocks of {human_size(kernel.memory_block_size)}, "
-            f"pfn_valid() model: {kernels.rule_for(kernel).name}")
+            f"pfn_valid() model: {kernels.rule_for(kernel).name}"
+            + (f", dump format: {escape(kernel.dump_format)}" if kernel.dump_format else ""))
 
 
 def finding_location(finding: Finding) -> str:
