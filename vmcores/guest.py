@@ -64,8 +64,32 @@ def x86_64_machine_args() -> list[str]:
     ]
 
 
-def qemu_argv(spec: GuestSpec, run: Path, gdb_port: int) -> list[str]:
-    """The full QEMU command line of a guest whose sockets live in ``run``."""
+# QEMU's send buffer on the console connection. QEMU sends the console one
+# byte at a time and a unix socket charges each send a whole skb (~1 KiB) to
+# the sender's buffer: with the default (net.core.wmem_default, 208 KiB) the
+# socket is full after ~200 characters whenever the harness is not scheduled,
+# and then characters are lost (QEMU retries a blocked write only a few times;
+# the guest's 8250 driver waits at most 10 ms for its transmitter). Seen on a
+# loaded 2-core machine: 5-9 broken memblock lines in each boot of the
+# discard cmdline; none in 4 boots with 4 MiB (the usual net.core.wmem_max;
+# Linux doubles it).
+CONSOLE_SNDBUF = 4 << 20
+
+
+def console_socketpair() -> tuple[socket.socket, socket.socket]:
+    """The console connection: (the harness's end, QEMU's end with a large send buffer).
+
+    >>> ours, qemus = console_socketpair(); qemus.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) > 1 << 20
+    True
+    """
+    ours, qemus = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    qemus.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CONSOLE_SNDBUF)
+    return ours, qemus
+
+
+def qemu_argv(spec: GuestSpec, run: Path, gdb_port: int, console_fd: int) -> list[str]:
+    """The full QEMU command line of a guest whose sockets live in ``run``;
+    ``console_fd`` is QEMU's end of the console connection."""
     if spec.arch == "x86_64":
         machine = x86_64_machine_args()
     else:
@@ -77,10 +101,10 @@ def qemu_argv(spec: GuestSpec, run: Path, gdb_port: int) -> list[str]:
         "-nodefaults", "-display", "none", "-no-reboot",
         "-device", "vmcoreinfo",
         "-kernel", str(spec.image), "-initrd", str(spec.initrd), "-append", spec.cmdline,
-        # wait=on: QEMU starts the guest only once the harness listens, so no
-        # early byte is lost. No logfile=: QEMU 7.2 logs characters twice when
-        # a socket write is retried; the harness keeps the console text itself.
-        "-chardev", f"socket,id=ser0,path={run / 'serial.sock'},server=on,wait=on",
+        # The console is connected before QEMU starts, so no early byte is
+        # lost. No logfile=: QEMU 7.2 logs characters twice when a socket
+        # write is retried; the harness keeps the console text itself.
+        "-chardev", f"socket,id=ser0,fd={console_fd}",
         "-serial", "chardev:ser0",
         "-qmp", f"unix:{run / 'qmp.sock'},server=on,wait=off",
         "-qmp", f"unix:{run / 'drgn-qmp.sock'},server=on,wait=off",
@@ -139,12 +163,13 @@ class Guest:
         """Start QEMU and wait for the initramfs command server."""
         start = time.monotonic()
         self.gdb_port = free_tcp_port()
-        self.argv = qemu_argv(self.spec, self.run_dir, self.gdb_port)
-        with open(self.run_dir / "qemu.stderr", "wb") as stderr:
+        ours, qemus = console_socketpair()
+        self.argv = qemu_argv(self.spec, self.run_dir, self.gdb_port, qemus.fileno())
+        with open(self.run_dir / "qemu.stderr", "wb") as stderr, qemus:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=stderr, preexec_fn=die_with_parent)
+                                         stderr=stderr, preexec_fn=die_with_parent, pass_fds=[qemus.fileno()])
         try:
-            self.shell = SerialShell(self.run_dir / "serial.sock")
+            self.shell = SerialShell(ours)
             self.qmp = QMP(self.run_dir / "qmp.sock")
             self.shell.wait_for(rf"^{READY}$", BOOT_TIMEOUT_S[self.spec.arch])
         except ChannelError as err:

@@ -108,8 +108,10 @@ class SerialShell:
     # The guest tty reads one canonical line of at most 4095 bytes.
     MAX_LINE = 4000
 
-    def __init__(self, path: Path, timeout: float = 10):
-        self.sock = connect_unix(path, timeout)
+    def __init__(self, path: Path | socket.socket, timeout: float = 10):
+        """Connect to the console's unix socket at ``path``, or use ``path`` if it
+        is already a connected socket."""
+        self.sock = path if isinstance(path, socket.socket) else connect_unix(path, timeout)
         self.text = ""
         self.lock = threading.Condition()
         self.next_id = 1
