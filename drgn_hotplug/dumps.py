@@ -387,7 +387,8 @@ def qemu_paging_loads(f: BinaryIO, size: int) -> list[tuple[int, int, int]]:
     """The (physical address, size, file offset) of the PT_LOADs of a QEMU
     ``dump-guest-memory -p`` ELF, or [] for any other ELF.
 
-    Its virtual mappings cannot be trusted: with two memory backends QEMU 7.2
+    Such a dump is told by its layout (see overlapping_loads) and its
+    "QEMU" notes. Its virtual mappings cannot be trusted: with two memory backends QEMU 7.2
     cuts the direct map at the first one (node 1 then reads as zeros), and
     on aarch64 it writes identity mappings. Its physical addresses are right,
     so these dumps are read by physical address through the page tables.
@@ -402,8 +403,8 @@ def qemu_paging_loads(f: BinaryIO, size: int) -> list[tuple[int, int, int]]:
     f.seek(phoff)
     table = f.read(phnum * phentsize)
     headers = [PROGRAM_HEADER.unpack_from(table, i * phentsize) for i in range(phnum)]
-    if not any(h[0] == PT_LOAD and h[3] for h in headers):
-        return []   # no virtual addresses: drgn reads it by physical address itself
+    if not overlapping_loads([(h[2], h[5]) for h in headers if h[0] == PT_LOAD]):
+        return []   # not QEMU's paging layout: drgn reads it itself
     notes = b"".join(os.pread(f.fileno(), min(h[5], 1 << 20), h[2]) for h in headers if h[0] == PT_NOTE)
     if QEMU_NOTE_NAME not in notes or b"VMCOREINFO" not in notes:
         return []
@@ -412,6 +413,23 @@ def qemu_paging_loads(f: BinaryIO, size: int) -> list[tuple[int, int, int]]:
     # into it (checked byte for byte against the non-paging dump).
     return [(h[4], h[6] if h[2] + h[6] <= size else h[5], h[2])
             for h in headers if h[0] == PT_LOAD and h[5]]
+
+
+def overlapping_loads(extents: list[tuple[int, int]]) -> bool:
+    """Whether some PT_LOADs' file ranges (offset, size) overlap: QEMU's
+    paging dump points each virtual mapping into the one copy of guest RAM
+    it writes; makedumpfile, the kernel's /proc/vmcore and QEMU without
+    paging give each segment its own bytes.
+
+    >>> overlapping_loads([(0x1000, 0x20000), (0x5000, 0x1000)]), overlapping_loads([(0, 16), (16, 16)])
+    (True, False)
+    """
+    end = -1
+    for offset, size in sorted(extents):
+        if size and offset < end:
+            return True
+        end = max(end, offset + size)
+    return False
 
 
 def elf_vmcoreinfo(f: BinaryIO) -> bytes:
