@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import dumpfmt
-from .guest import X86_CMDLINE, GuestSpec
+from .guest import QEMU_KDUMP_FORMATS, X86_CMDLINE, GuestSpec
 from .initramfs import build_initramfs
 from .packages import Kernel, cache_root, fetch_busybox, fetch_kernel, kernels, series
 from .scenarios import SCENARIOS, LiveGuest
@@ -97,6 +97,12 @@ class Cell:
     def filtered_kdump(self) -> Path | None:
         path = self.dir / "vmcore-filtered.kdump"
         return path if path.exists() else None
+
+    @property
+    def dumps(self) -> dict[str, dict]:
+        """Every dump file of the cell: {file name: {"writer", "format",
+        "filtered"}} (DUMP_FILES)."""
+        return self.meta.get("dumps", {"vmcore.kdump": DUMP_FILES["vmcore.kdump"]})
 
     @property
     def console_log(self) -> Path:
@@ -182,10 +188,11 @@ def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
     with LiveGuest(spec, k.meta, scenario) as g:
         SCENARIOS[scenario].play(g)
         truth = g.truth()
-        g.dump(work / "raw.elf")
+        qemu_dumps = g.dump_all(work / "raw.elf", work)
         (work / "console.log").write_text(g.console_text)
         argv, kaslr_offset = g.argv, g.kaslr_offset
-        seconds = {"boot": g.boot_seconds, "scenario": g.scenario_seconds, "dump": g.dump_seconds}
+        seconds = {"boot": g.boot_seconds, "scenario": g.scenario_seconds, "dump": g.dump_seconds,
+                   "extra_dumps": g.extra_dump_seconds}
     (work / "truth.json").write_text(json.dumps(truth, indent=1))
     meta = {
         "arch": k.arch, "kernel": k.series, "suite": series(k.series).suite, "abi": k.abi,
@@ -196,18 +203,20 @@ def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
         "scenario": scenario, "scenario_hash": bed_hash(k.arch), "qemu_version": qemu_version(k.arch),
     }
     convert_start = time.monotonic()
-    meta.update(convert_dumps(work / "raw.elf", work, k))
+    meta.update(convert_dumps(work / "raw.elf", work, k, qemu_dumps))
     seconds["convert"] = time.monotonic() - convert_start
     seconds["total"] = time.monotonic() - started
     meta["seconds"] = {phase: round(s, 1) for phase, s in seconds.items()}
     (work / "cell.json").write_text(json.dumps(meta, indent=1))
 
 
-def convert_dumps(raw: Path, out: Path, k: Kernel) -> dict:
-    """Write the cell's dump formats from QEMU's raw ELF, then delete it.
+def convert_dumps(raw: Path, out: Path, k: Kernel, qemu_dumps: dict[str, Path]) -> dict:
+    """Write the cell's dump formats from QEMU's raw ELF, which is kept as
+    vmcore-qemu.elf; QEMU's other dumps (``qemu_dumps``) are kept as written.
 
     On x86_64, makedumpfile runs alongside the Python conversions.
-    Returns facts for cell.json (why the filtered dump is missing, if it is).
+    Returns facts for cell.json: ``dumps`` (every dump file of the cell, see
+    dump_entry) and why the filtered dumps are missing, if they are.
     """
     facts: dict = {}
     classic = out / "classic.elf"
@@ -217,10 +226,76 @@ def convert_dumps(raw: Path, out: Path, k: Kernel) -> dict:
         dumpfmt.write_kvaddr_elf(raw, out / "vmcore-kvaddr.elf")
         if filtering:
             facts["filtered_kdump_error"] = makedumpfile_error(filtering, out / "vmcore-filtered.kdump")
+            if facts["filtered_kdump_error"] is None:
+                run_makedumpfile_formats(classic, out)
+        raw.rename(out / "vmcore-qemu.elf")
+        for path in (out / "vmcore-qemu.elf", *qemu_dumps.values()):
+            keep_sparse(path)
     finally:
         raw.unlink(missing_ok=True)
         classic.unlink(missing_ok=True)
+    facts["dumps"] = {name: entry for name in sorted(DUMP_FILES)
+                      if (out / name).exists() for entry in [DUMP_FILES[name]]}
     return facts
+
+
+# Every dump file a cell may hold: how it was written, the format
+# drgn_hotplug.dumps names it by (elf, kdump-<compression>, "flattened ..."),
+# and whether it is filtered (vmcore-filtered.kdump is then the reference
+# its findings equal; else vmcore.kdump).
+DUMP_FILES = {
+    "vmcore.kdump": {"writer": "vmcores.dumpfmt.write_kdump", "format": "kdump-zlib", "filtered": False},
+    "vmcore-kvaddr.elf": {"writer": "vmcores.dumpfmt.write_kvaddr_elf", "format": "elf", "filtered": False},
+    "vmcore-qemu.elf": {"writer": "qemu dump-guest-memory", "format": "elf", "filtered": False},
+    "vmcore-qemu-paging.elf": {"writer": "qemu dump-guest-memory -p", "format": "elf", "filtered": False},
+    **{f"vmcore-qemu-{fmt}.flat": {"writer": f"qemu dump-guest-memory format={fmt}",
+                                   "format": f"flattened {fmt}", "filtered": False}
+       for fmt in QEMU_KDUMP_FORMATS},
+    "vmcore-filtered.kdump": {"writer": "makedumpfile -c -d 31", "format": "kdump-zlib", "filtered": True},
+}
+# makedumpfile's other outputs, at the filtered level of vmcore-filtered.kdump:
+# file -> (option, the compression it needs built in or None, format).
+MAKEDUMPFILE_FORMATS = {
+    "vmcore-filtered-lzo.kdump": (["-l"], "lzo", "kdump-lzo"),
+    "vmcore-filtered-snappy.kdump": (["-p"], "snappy", "kdump-snappy"),
+    "vmcore-filtered-zstd.kdump": (["-z"], "zstd", "kdump-zstd"),
+    "vmcore-filtered.flat": (["-F", "-c"], None, "flattened kdump-zlib"),
+    "vmcore-filtered.elf": (["-E"], None, "elf"),
+}
+DUMP_FILES.update({name: {"writer": f"makedumpfile {' '.join(opts)} -d 31", "format": fmt, "filtered": True}
+                   for name, (opts, _, fmt) in MAKEDUMPFILE_FORMATS.items()})
+
+
+def run_makedumpfile_formats(classic: Path, out: Path) -> None:
+    """makedumpfile's ELF, flattened and every compression it was built with
+    (Debian's 1.7.2: lzo, not snappy nor zstd), each 0.5-2 s."""
+    built = makedumpfile_compressions()
+    for name, (opts, needs, _) in MAKEDUMPFILE_FORMATS.items():
+        if needs is not None and needs not in built:
+            continue
+        if "-F" in opts:   # the flattened stream goes to stdout
+            with open(out / name, "wb") as f:
+                subprocess.run(["makedumpfile", *opts, "-d", "31", str(classic)], stdout=f,
+                               stderr=subprocess.DEVNULL, check=True)
+        else:
+            subprocess.run(["makedumpfile", *opts, "-d", "31", str(classic), str(out / name)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+
+
+@functools.lru_cache(maxsize=None)
+def makedumpfile_compressions() -> set[str]:
+    """The compressions this makedumpfile was built with (``makedumpfile -v``
+    prints ``lzo\tenabled``)."""
+    text = subprocess.run(["makedumpfile", "-v"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in text.splitlines() if line.endswith("enabled") and
+            not line.endswith("disabled")}
+
+
+def keep_sparse(path: Path) -> None:
+    """Free the zero blocks of a dump QEMU wrote (an ELF is as large as guest
+    RAM, ~120-180 MB once sparse) and make it readable (QEMU writes 0400)."""
+    subprocess.run(["fallocate", "--dig-holes", str(path)], check=True)
+    path.chmod(0o644)
 
 
 def start_makedumpfile(raw: Path, classic: Path, out: Path) -> subprocess.Popen:

@@ -27,6 +27,9 @@ from .initramfs import READY
 from .qmp import QMP, ChannelError, SerialShell
 
 BOOT_TIMEOUT_S = {"x86_64": 60, "arm64": 180}
+# QMP dump-guest-memory's kdump formats (qapi/dump.json), each kept by a cell
+# when QEMU offers it.
+QEMU_KDUMP_FORMATS = ("kdump-zlib", "kdump-lzo", "kdump-snappy")
 
 X86_CMDLINE = "console=ttyS0 memhp_default_state=offline memblock=debug log_buf_len=16M panic=-1"
 
@@ -207,3 +210,29 @@ class Guest:
         start = time.monotonic()
         self.qmp.execute("dump-guest-memory", timeout=600, paging=False, protocol=f"file:{path}")
         self.dump_seconds = time.monotonic() - start
+
+    def dump_all(self, raw: Path, out: Path) -> dict[str, Path]:
+        """QEMU's dumps of one paused moment: the physical ELF into ``raw``
+        (see dump), and into ``out`` the paging ELF and each kdump format this
+        QEMU offers, as QEMU writes them (flattened streams; what ``virsh dump
+        --memory-only --format=kdump-*`` gives a user). Returns {format: path}.
+
+        Debian's QEMU 7.2 offers kdump-zlib only (no lzo, no snappy built in).
+        """
+        offered = set(self.qmp.execute("query-dump-guest-memory-capability")["formats"])
+        self.qmp.execute("stop")
+        try:
+            self.dump(raw)
+            start = time.monotonic()
+            written = {"qemu-elf-paging": out / "vmcore-qemu-paging.elf"}
+            self.qmp.execute("dump-guest-memory", timeout=600, paging=True,
+                             protocol=f"file:{written['qemu-elf-paging']}")
+            for fmt in QEMU_KDUMP_FORMATS:
+                if fmt in offered:
+                    written[f"qemu-{fmt}"] = out / f"vmcore-qemu-{fmt}.flat"
+                    self.qmp.execute("dump-guest-memory", timeout=600, paging=False, format=fmt,
+                                     protocol=f"file:{written[f'qemu-{fmt}']}")
+            self.extra_dump_seconds = time.monotonic() - start
+        finally:
+            self.qmp.execute("cont")
+        return written
