@@ -130,14 +130,16 @@ def open_program(core: Optional[str] = None, qemu: Optional[str] = None,
 
 
 def open_target(core: Optional[str] = None, qemu: Optional[str] = None,
-                symbols: Sequence[str] = ()) -> Tuple[Any, Optional[str]]:
+                symbols: Sequence[str] = (), debug_dirs: Sequence[str] = ()) -> Tuple[Any, Optional[str]]:
     """(drgn Program, the dump's format or None for a live kernel), debug
     info loaded.
 
     Mirrors drgn's own CLI (drgn/cli.py): a dump through ``dumps.open_dump``
     (drgn's ``set_core_dump``, or the pages read by drgn_hotplug where
     libkdumpfile gives up), ``set_qemu_qmp`` or ``set_kernel``, then
-    ``load_debug_info`` of the given files, else of the default locations.
+    ``load_debug_info`` of the given files, else of the vmlinux whose build
+    ID is the kernel's (``debuginfo``: ``debug_dirs``, /usr/lib/debug), else
+    of drgn's default locations.
     """
     import drgn
 
@@ -164,8 +166,42 @@ def open_target(core: Optional[str] = None, qemu: Optional[str] = None,
         where = core or qemu or "/proc/kcore"
         raise Unanalysable(f"cannot open {where}: {first_line(error)}") from error
     check_kernel_target(prog, core or qemu or "/proc/kcore", symbols)
-    _load_kernel_debug_info(prog, symbols)
+    wanted = _kernel_identity(prog)
+    if not symbols:
+        from . import debuginfo
+
+        found = debuginfo.find_vmlinux(wanted.get("BUILD-ID"), wanted.get("OSRELEASE"),
+                                       debuginfo.search_roots(debug_dirs))
+        symbols = [found] if found else []
+    _load_kernel_debug_info(prog, symbols, _looked_for(wanted, debug_dirs))
     return prog, dump_format
+
+
+def _kernel_identity(prog) -> Dict[str, str]:
+    """The VMCOREINFO fields of the target (OSRELEASE, BUILD-ID), {} if unreadable."""
+    import drgn
+
+    from . import pairing
+
+    try:
+        return pairing.vmcoreinfo_fields(prog["VMCOREINFO"].string_().decode("ascii", "replace"))
+    except (LookupError, drgn.FaultError):
+        return {}
+
+
+def _looked_for(wanted: Dict[str, str], debug_dirs: Sequence[str]) -> str:
+    """What a failed debug-info search looked for, and where.
+
+    >>> _looked_for({"OSRELEASE": "6.1.0-57-cloud-amd64", "BUILD-ID": "ab12"}, ["/srv/dbg"])
+    "no vmlinux of 6.1.0-57-cloud-amd64 with build ID ab12 in /srv/dbg, /usr/lib/debug or drgn's default locations (give -s VMLINUX or --debug-dir DIR)"
+    """
+    from .debuginfo import search_roots
+
+    build_id = wanted.get("BUILD-ID")
+    return (f"no vmlinux of {wanted.get('OSRELEASE', 'an unknown release')}"
+            + (f" with build ID {build_id}" if build_id else "")
+            + f" in {', '.join(search_roots(debug_dirs))} or drgn's default locations"
+            " (give -s VMLINUX or --debug-dir DIR)")
 
 
 # Seconds to wait for QEMU's QMP greeting before calling the socket busy.
@@ -227,7 +263,7 @@ def check_kernel_target(prog, where: str, symbols: Sequence[str]) -> None:
             raise Unanalysable(f"wrong vmlinux: {reason}")
 
 
-def _load_kernel_debug_info(prog, symbols: Sequence[str]) -> None:
+def _load_kernel_debug_info(prog, symbols: Sequence[str], looked_for: str) -> None:
     import drgn
 
     try:
@@ -237,13 +273,13 @@ def _load_kernel_debug_info(prog, symbols: Sequence[str]) -> None:
             prog.load_debug_info(main=True)
     except drgn.MissingDebugInfoError as error:
         if not symbols:
-            raise Unanalysable(f"no debug info for the kernel (give -s VMLINUX): "
-                               f"{first_line(error)}") from error
+            raise Unanalysable(looked_for) from error
     except (OSError, ValueError) as error:
         raise Unanalysable(f"cannot load debug info: {first_line(error)}") from error
     if not _has_kernel_types(prog):
-        given = ", ".join(symbols) if symbols else "the default locations"
-        raise Unanalysable(f"no kernel debug info matching this kernel in {given}")
+        if not symbols:
+            raise Unanalysable(looked_for)
+        raise Unanalysable(f"no kernel debug info matching this kernel in {', '.join(symbols)}")
 
 
 def _has_kernel_types(prog) -> bool:
@@ -281,7 +317,12 @@ def _add_common(parser: argparse.ArgumentParser, default: Callable[[Any], Any]) 
     where.add_argument("--qemu", metavar="SOCKET", default=default(None),
                        help="a QEMU guest through its QMP socket")
     target.add_argument("-s", "--symbols", metavar="VMLINUX", action="append",
-                        default=default([]), help="kernel debug info file (repeatable)")
+                        default=default([]), help="kernel debug info file (repeatable); without it, "
+                        "the vmlinux whose build ID is the kernel's is searched in --debug-dir, "
+                        "/usr/lib/debug, then drgn's default locations")
+    target.add_argument("--debug-dir", metavar="DIR", action="append", default=default([]),
+                        help="a directory searched recursively (and in its .build-id/xx/ layout) "
+                        "for the kernel's vmlinux (repeatable)")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="print the JSON document instead of tables")
     parser.add_argument("--debug", action="store_true", default=default(False),
@@ -300,7 +341,51 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "explain":
             child.add_argument("location", metavar="PFN|0xADDR")
         _add_common(child, lambda value: argparse.SUPPRESS)
+    _add_watch(sub)
     return parser
+
+
+def _add_watch(sub) -> None:
+    from .watch import DEFAULT_INTERVAL_S
+
+    child = sub.add_parser(
+        "watch", help="re-check a live kernel or QEMU guest on each memory change",
+        description="Stay attached to the running kernel (or a QEMU guest) and re-check it on each "
+        "memory or node uevent (QMP event of the guest with --qmp-events), else every --interval "
+        "seconds; print one timestamped line per finding that appears or clears and per memory "
+        "blocks added or removed, with the event that preceded it. Ctrl-C ends it.",
+        epilog="exit status: 0 nothing at warning or error level seen, 1 a warning or error "
+        "appeared, 2 could not attach")
+    child.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+                       help=f"re-check this often without events (default {DEFAULT_INTERVAL_S:g})")
+    child.add_argument("--qmp-events", metavar="SOCKET",
+                       help="with --qemu: a second QMP socket of the guest to read its events from "
+                       "(QMP serves one client per socket and drgn holds the --qemu one)")
+    _add_common(child, lambda value: argparse.SUPPRESS)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """``drgn-hotplug watch``: attach, then watch.watch() until Ctrl-C."""
+    from . import watch
+
+    try:
+        if args.core is not None:
+            raise Unanalysable("watch needs a running kernel (default) or --qemu, not a dump")
+        if args.qmp_events is not None and args.qemu is None:
+            raise Unanalysable("--qmp-events is for a QEMU guest: give --qemu too")
+        prog, _ = open_target(qemu=args.qemu, symbols=args.symbols)
+        if args.qemu is None:
+            sources = [watch.Uevents()]
+        else:
+            sources = [watch.QmpEvents(args.qmp_events)] if args.qmp_events else []
+    except (Unanalysable, watch.SourceError) as error:
+        print(f"drgn-hotplug: {error}", file=sys.stderr)
+        return report.EXIT_UNANALYSABLE
+    if not sources:
+        print(f"drgn-hotplug: no --qmp-events socket: re-checking every {args.interval:g} s",
+              file=sys.stderr)
+    return watch.watch(lambda: read_model_checked(prog), sources, sys.stdout,
+                       as_json=args.json, interval=args.interval)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -309,8 +394,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.debug:
         # drgn logs a warning per kernel module without debug info.
         logging.getLogger("drgn").setLevel(logging.ERROR)
+    if args.command == "watch":
+        return _watch(args)
     try:
-        prog, dump_format = open_target(core=args.core, qemu=args.qemu, symbols=args.symbols)
+        prog, dump_format = open_target(core=args.core, qemu=args.qemu, symbols=args.symbols,
+                                          debug_dirs=args.debug_dir)
         model = read_model_checked(prog)
         model.kernel = dataclasses.replace(model.kernel, dump_format=dump_format)
         text, status = render_command(model, args.command, getattr(args, "location", None),

@@ -120,3 +120,50 @@ def test_truncated_flattened_dump_is_one_line(tmp_path, cut):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert "truncated" in proc.stderr
+
+
+# ---------------------------------------------------------------- debug info without -s
+
+def run_check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drgn_hotplug.cli", *args, "check", "--json"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def dump_identity(c: vmcores.Cell) -> tuple[str, str]:
+    from drgn_hotplug.dumps import FlatFile, read_kdump_layout
+    from drgn_hotplug.pairing import vmcoreinfo_fields
+
+    with open(c.dir / "vmcore-qemu-kdump-zlib.flat", "rb") as f:
+        info = read_kdump_layout(FlatFile(f, os.fstat(f.fileno()).st_size)).vmcoreinfo
+    fields = vmcoreinfo_fields(info.decode())
+    return fields["OSRELEASE"], fields["BUILD-ID"]
+
+
+@pytest.mark.parametrize("key", [("x86_64", "5.10", "orphan"), ("arm64", "6.1", "orphan")], ids="/".join)
+def test_vmlinux_found_by_build_id(tmp_path, key):
+    """--debug-dir searched recursively among every bed kernel (other
+    releases and the other arch included), and in the .build-id layout."""
+    c = cell(*key)
+    reference = comparable(json.loads(run_check("-c", str(c.kdump), "-s", str(c.vmlinux)).stdout))
+    kernels_dir = c.vmlinux.parent.parent
+    found = run_check("-c", str(c.dir / "vmcore-qemu-kdump-zlib.flat"), "--debug-dir", str(kernels_dir))
+    assert found.returncode == 1, found.stderr
+    assert comparable(json.loads(found.stdout)) == reference
+    _, build_id = dump_identity(c)
+    layout = tmp_path / ".build-id" / build_id[:2]
+    layout.mkdir(parents=True)
+    (layout / f"{build_id[2:]}.debug").symlink_to(c.vmlinux)
+    by_layout = run_check("-c", str(c.kdump), "--debug-dir", str(tmp_path))
+    assert by_layout.returncode == 1, by_layout.stderr
+    assert comparable(json.loads(by_layout.stdout)) == reference
+
+
+def test_no_matching_vmlinux_is_one_line(tmp_path):
+    """Another kernel's vmlinux in the directory is no match: exit 2, one
+    line naming the release and the build ID looked for."""
+    c, other = cell("x86_64", "6.1", "orphan"), cell("x86_64", "5.10", "orphan")
+    (tmp_path / "vmlinux").symlink_to(other.vmlinux)
+    proc = run_check("-c", str(c.kdump), "--debug-dir", str(tmp_path))
+    release, build_id = dump_identity(c)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and release in proc.stderr and build_id in proc.stderr
