@@ -381,6 +381,9 @@ def _watch(args: argparse.Namespace) -> int:
     except (Unanalysable, watch.SourceError) as error:
         print(f"drgn-hotplug: {error}", file=sys.stderr)
         return report.EXIT_UNANALYSABLE
+    except KeyboardInterrupt:
+        print("drgn-hotplug: interrupted before watching", file=sys.stderr)
+        return report.EXIT_UNANALYSABLE
     if not sources:
         print(f"drgn-hotplug: no --qmp-events socket: re-checking every {args.interval:g} s",
               file=sys.stderr)
