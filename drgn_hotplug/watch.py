@@ -465,23 +465,31 @@ def read_observation(read_model: Callable[[], Model]) -> Tuple[Optional[Observat
 
 
 def recheck(read_model: Callable[[], Model], reported: Observation, events: List[Event],
-            printer: Printer, selector: selectors.BaseSelector, settle: float) -> Observation:
-    """Read the kernel; if it differs from what was reported (or the read
-    failed), read again ``settle`` seconds later and print what two
-    successive reads agree on. Returns what has been reported now."""
+            printer: Printer, selector: selectors.BaseSelector,
+            settle: float) -> Tuple[Observation, List[Event]]:
+    """Read the kernel after ``events``; if it differs from what was
+    reported (or the read failed), read again ``settle`` seconds later and
+    print what two successive reads agree on, naming the last event before
+    the first of them. Returns (what has been reported now, the events that
+    arrived meanwhile: each is a reason to read again)."""
     first, error = read_observation(read_model)
     if first is not None and first.same_as(reported):
-        return reported
+        return reported, []
+    later: List[Event] = []
     for _ in range(READ_ATTEMPTS):
-        events += wait_for_events(selector, settle, whole=True)
+        arrived = wait_for_events(selector, settle, whole=True)
         second, error = read_observation(read_model)
         if first is not None and second is not None:
             changes = confirmed_changes(reported, first, second, preceding(events))
             printer.emit(changes, time.time())
-            return after_changes(reported, changes)
+            return after_changes(reported, changes), later + arrived
+        if first is None:
+            events = events + later
+            later = []
+        later += arrived
         first = second
-    printer.failed(preceding(events), error, time.time())
-    return reported
+    printer.failed(preceding(events + later), error, time.time())
+    return reported, later
 
 
 def watch(read_model: Callable[[], Model], sources: Sequence[Any], out: IO[str],
@@ -501,8 +509,8 @@ def watch(read_model: Callable[[], Model], sources: Sequence[Any], out: IO[str],
     events = [Event("start")]
     try:
         while True:
-            reported = recheck(read_model, reported, events, printer, selector, settle)
-            events = wait_for_events(selector, interval) or [Event("interval")]
+            reported, later = recheck(read_model, reported, events, printer, selector, settle)
+            events = later or wait_for_events(selector, interval) or [Event("interval")]
     except KeyboardInterrupt:
         pass
     finally:
