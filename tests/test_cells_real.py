@@ -1,6 +1,7 @@
 """End-to-end proofs on the real test bed: drgn-hotplug's findings on each
-cell's vmcore equal what the guest kernel said about itself (truth.json),
-what crash says about the same dump, and what a live guest shows.
+cell's vmcore equal what the guest kernel said about itself (truth.json)
+and what a live guest shows (crash `kmem -n` is compared in
+tests/test_matrix.py, on every cell).
 
 Cells are built on first use (vmcores.build_cell caches them); building one
 boots a Debian kernel under QEMU, so every test here is ``slow``.
@@ -10,26 +11,21 @@ from __future__ import annotations
 
 import functools
 import json
-import re
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
 import pytest
 
 import vmcores
-from drgn_hotplug import checks, cli, report
-from drgn_hotplug.drgn_reader import DrgnTarget, read_model
+from drgn_hotplug import checks, cli
+from drgn_hotplug.drgn_reader import read_model
 from drgn_hotplug.model import Finding, Model
 from drgn_hotplug.ranges import RangeSet
-from drgn_hotplug.reader.mmzone import section_map_last_bit
-from vmcores.cells import cells_dir
 
 pytest.importorskip("drgn")
 pytestmark = pytest.mark.slow
 
-X86_KERNELS = ("5.10", "6.1", "6.12")
+X86_KERNELS = vmcores.KERNELS["x86_64"]
 MEMBLOCK_NOMAP = 0x4
 
 
@@ -217,35 +213,25 @@ def test_arm64_6_1_nomap_is_not_linear_mapped_only(scenario):
 
 # ---------------------------------------------------------------- the reader's cross-checks
 
-def cached_dumps() -> List[Tuple[str, Path, Path]]:
-    """(id, dump, vmlinux) of every dump of every cell already built."""
-    dumps = []
-    for meta in sorted(cells_dir().glob("*/cell.json")):
-        for name in ("vmcore.kdump", "vmcore-filtered.kdump"):
-            dump = meta.parent / name
-            if dump.exists() and (meta.parent / "truth.json").exists():
-                vmlinux = Path(json.loads(meta.read_text())["vmlinux"])
-                dumps.append((f"{meta.parent.name}/{name}", dump, vmlinux))
-    return dumps
-
-
 def unchecked_findings(model: Model) -> List[Finding]:
     """The findings without the cross-check: every field taken as read."""
     model = checks.with_section_table(model)
     return checks._run_all(checks._Context(model, checks.pfn_sets(model)))
 
 
-@pytest.mark.parametrize("dump, vmlinux", [d[1:] for d in cached_dumps()],
-                         ids=[d[0] for d in cached_dumps()])
-def test_the_cross_checks_are_silent_where_the_reader_reads_right(dump, vmlinux):
-    """On every built cell, each fact the kernel keeps twice reads the same
-    both ways: the cross-check names no field and changes no finding. (A
-    failure names a field the reader misreads on that kernel.)"""
-    model = read_model(cli.open_program(core=str(dump), symbols=[str(vmlinux)]))
-    prepared, findings = checks.checked(model)
-    assert prepared.misread == (), [u.reason for u in prepared.unreadable[len(model.unreadable):]]
-    assert prepared.unreadable == model.unreadable
-    assert findings == unchecked_findings(model)
+@pytest.mark.parametrize("key", vmcores.matrix(), ids="-".join)
+def test_the_cross_checks_are_silent_where_the_reader_reads_right(key):
+    """On every cell of the matrix, full and filtered dump, each fact the
+    kernel keeps twice reads the same both ways: the cross-check names no
+    field and changes no finding. (A failure names a field the reader
+    misreads on that kernel.)"""
+    c = cell(*key)
+    for dump in filter(None, (c.kdump, c.filtered_kdump)):
+        model = read_model(cli.open_program(core=str(dump), symbols=[str(c.vmlinux)]))
+        prepared, findings = checks.checked(model)
+        assert prepared.misread == (), (dump.name, [u.reason for u in prepared.unreadable[len(model.unreadable):]])
+        assert prepared.unreadable == model.unreadable, dump.name
+        assert findings == unchecked_findings(model), dump.name
 
 
 def shifted_page_nids(prog, model: Model) -> Dict[int, int]:
@@ -290,40 +276,6 @@ def test_a_page_node_field_moved_by_a_future_kernel_draws_no_finding(arch, kerne
     assert {(f.node, f.block) for f in findings if f.kind == "orphaned-link"} == dangling
     text, status = cli.render_command(model, "check")
     assert status == 1 and "page->flags node field: does not match memory_block.nid" in text
-
-
-# ---------------------------------------------------------------- crash kmem -n
-
-KMEM_SECTION = re.compile(r"^\s*(\d+)\s+([0-9a-f]{16})\s+([0-9a-f]{16})\s+([0-9a-f]{16})\s+([PMOED]+)\s+(\d+)\s*$")
-KMEM_BLOCK = re.compile(r"^\s*([0-9a-f]{16})\s+memory(\d+)\s+([0-9a-f]+)\s+-\s+([0-9a-f]+)\s+(\d+)\s+(\S+)\s+(\d+)\s*$")
-
-
-def crash_kmem_n(c: vmcores.Cell) -> Tuple[Set[tuple], Set[tuple]]:
-    result = subprocess.run(["crash", "-s", str(c.vmlinux), str(c.kdump)], input="kmem -n\nq\n",
-                            capture_output=True, text=True, timeout=300)
-    sections = {(int(m[1]), int(m[2], 16), int(m[3], 16), m[5], int(m[6]))
-                for m in map(KMEM_SECTION.match, result.stdout.splitlines()) if m}
-    blocks = {(int(m[1], 16), int(m[2]), int(m[5]), m[6].lower(), int(m[7]))
-              for m in map(KMEM_BLOCK.match, result.stdout.splitlines()) if m}
-    assert sections and blocks, result.stdout[-2000:] + result.stderr
-    return sections, blocks
-
-
-@pytest.mark.skipif(shutil.which("crash") is None, reason="crash is not installed")
-@pytest.mark.parametrize("kernel", ("5.10", "6.1"))
-@pytest.mark.parametrize("scenario", ("hotplug", "orphan"))
-def test_sections_and_blocks_equal_crash_kmem_n(kernel, scenario):
-    c = cell("x86_64", kernel, scenario)
-    model = model_of("x86_64", kernel, scenario)
-    crash_sections, crash_blocks = crash_kmem_n(c)
-    target = DrgnTarget(cli.open_program(core=str(c.kdump), symbols=[str(c.vmlinux)]))
-    map_mask = ~((1 << section_map_last_bit(target, model.kernel)) - 1)
-    ours = {(s.nr, s.address, s.mem_map & map_mask, report.section_state(s.flags),
-             s.nr << model.kernel.pfn_section_shift)
-            for s in model.sections if s.valid}
-    assert ours == crash_sections
-    assert {(b.address, b.id, b.nid, b.state, b.start_section_nr)
-            for b in model.blocks} == crash_blocks
 
 
 # ---------------------------------------------------------------- live guests

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from .cells import bed_hash, cells_dir, matrix
-from .packages import cache_root
+from .packages import cache_root, series
 
 CRASH_TEST = "test_sections_and_blocks_equal_crash_kmem_n"
 BEGIN, END = "<!-- proven:begin -->", "<!-- proven:end -->"
@@ -57,7 +57,7 @@ def record(outcomes: dict[tuple[str, str, str], dict]) -> None:
         entry = results.setdefault(" ".join(key), {"tests": {}})
         entry["tests"].update(tests)
         entry.update(abi=meta.get("abi"), package_version=meta.get("package_version"),
-                     suite=meta.get("suite"), when=time.strftime("%Y-%m-%d"))
+                     suite=meta.get("suite") or series(key[1]).suite, when=time.strftime("%Y-%m-%d"))
     results_path().parent.mkdir(parents=True, exist_ok=True)
     results_path().write_text(json.dumps(results, indent=1, sort_keys=True))
 
