@@ -8,9 +8,10 @@ The pieces, all without drgn (the front ends, cli.py and drgn_plugin.py,
 pass a ``read_model`` callable that reads the kernel afresh):
 
 - ``Observation``: what one re-check saw (findings by identity, block ids);
-- ``confirmed_changes``: what changed between the reported observation and
-  two re-checks ``settle`` seconds apart (a hotplug operation is a sequence
-  of kernel steps: a change seen only mid-way, e.g. a block registered whose
+- ``block_changes``: the memory blocks added or removed, from each read;
+- ``finding_changes``: the findings that appeared or cleared according to
+  two reads ``settle`` seconds apart (a hotplug operation is a sequence of
+  kernel steps: a finding seen only mid-way, e.g. a block registered whose
   node links are not made yet, is not reported);
 - ``Uevents`` and ``QmpEvents``: the event sources (netlink uevents of the
   ``memory`` and ``node`` subsystems; QMP events about memory devices);
@@ -146,27 +147,40 @@ class Change:
         return self.finding["severity"] if self.finding else "info"
 
 
-def confirmed_changes(reported: Observation, first: Observation, second: Observation,
-                      event: Event) -> List[Change]:
-    """The changes from ``reported`` that both later re-checks agree on.
+def block_changes(reported: Observation, read: Observation, event: Event) -> List[Change]:
+    """The blocks added and removed since ``reported``, from one read (a
+    block is registered or not: no step of a hotplug makes that a
+    judgement, and a DIMM added then removed within ``settle`` is still seen).
+
+    >>> [(c.what, c.blocks) for c in block_changes(Observation.of([], [7, 32, 33]),
+    ...                                            Observation.of([], [7, 34]), Event("interval"))]
+    [('blocks-added', (34,)), ('blocks-removed', (32, 33))]
+    """
+    added = tuple(sorted(read.blocks - reported.blocks))
+    removed = tuple(sorted(reported.blocks - read.blocks))
+    return [Change(what, event, blocks=blocks)
+            for what, blocks in (("blocks-added", added), ("blocks-removed", removed)) if blocks]
+
+
+def finding_changes(reported: Observation, first: Observation, second: Observation,
+                    event: Event) -> List[Change]:
+    """The findings that appeared or cleared since ``reported`` according
+    to both of two successive reads (a finding seen only mid-way through a
+    hotplug, e.g. a block registered whose node links are not made yet, is
+    not reported).
 
     >>> orphan = {"kind": "orphaned-link", "severity": "error", "node": 1, "block": 32}
-    >>> missing = {"kind": "missing-link", "severity": "warning", "node": 0, "block": 34}
+    >>> missing = {"kind": "missing-link", "severity": "error", "node": 0, "block": 34}
     >>> before = Observation.of([], [32, 33])
     >>> mid = Observation.of([orphan, missing], [34])      # the links of 34 not made yet
     >>> after = Observation.of([orphan], [34])
-    >>> [(c.what, c.severity, c.blocks) for c in confirmed_changes(before, mid, after, Event("start"))]
-    [('blocks-added', 'info', (34,)), ('blocks-removed', 'info', (32, 33)), ('appeared', 'error', ())]
+    >>> [(c.what, c.finding["kind"]) for c in finding_changes(before, mid, after, Event("start"))]
+    [('appeared', 'orphaned-link')]
     """
     appeared = first.findings.keys() & second.findings.keys() - reported.findings.keys()
     cleared = reported.findings.keys() - first.findings.keys() - second.findings.keys()
-    added = tuple(sorted(first.blocks & second.blocks - reported.blocks))
-    removed = tuple(sorted(reported.blocks - first.blocks - second.blocks))
-    changes = [Change(what, event, blocks=blocks)
-               for what, blocks in (("blocks-added", added), ("blocks-removed", removed)) if blocks]
-    changes += [Change("appeared", event, finding=second.findings[key]) for key in sorted(appeared, key=str)]
-    changes += [Change("cleared", event, finding=reported.findings[key]) for key in sorted(cleared, key=str)]
-    return changes
+    return ([Change("appeared", event, finding=second.findings[key]) for key in sorted(appeared, key=str)]
+            + [Change("cleared", event, finding=reported.findings[key]) for key in sorted(cleared, key=str)])
 
 
 def after_changes(reported: Observation, changes: Sequence[Change]) -> Observation:
@@ -437,20 +451,20 @@ def preceding(events: Sequence[Event]) -> Event:
     return (named or list(events) or [Event("interval")])[-1]
 
 
-def wait_for_events(selector: selectors.BaseSelector, timeout: float,
-                    whole: bool = False) -> List[Event]:
-    """The events that arrive within ``timeout`` seconds: return as soon as
-    some have (unless ``whole``). A source that has closed is dropped."""
+def wait_for_events(selector: selectors.BaseSelector, timeout: float) -> List[Event]:
+    """The events that arrive within ``timeout`` seconds: as soon as some
+    have, all those waiting. A source that has closed is dropped."""
     found: List[Event] = []
     deadline = time.monotonic() + timeout
-    while True:
+    while not found:
         left = deadline - time.monotonic()
-        if left <= 0 or (found and not whole):
-            return found
+        if left <= 0:
+            break
         for key, _ in selector.select(left):
             found += key.data.events()
             if getattr(key.data, "closed", False):
                 selector.unregister(key.fileobj)
+    return found
 
 
 def read_observation(read_model: Callable[[], Model]) -> Tuple[Optional[Observation], str]:
@@ -467,29 +481,60 @@ def read_observation(read_model: Callable[[], Model]) -> Tuple[Optional[Observat
 def recheck(read_model: Callable[[], Model], reported: Observation, events: List[Event],
             printer: Printer, selector: selectors.BaseSelector,
             settle: float) -> Tuple[Observation, List[Event]]:
-    """Read the kernel after ``events``; if it differs from what was
-    reported (or the read failed), read again ``settle`` seconds later and
-    print what two successive reads agree on, naming the last event before
-    the first of them. Returns (what has been reported now, the events that
+    """Read the kernel after ``events`` and print the blocks added or
+    removed; if the findings differ from those reported (or the read
+    failed), read again ``settle`` seconds later and print the findings two
+    successive reads agree on. Each change names the last event before the
+    read that saw it. Returns (what has been reported now, the events that
     arrived meanwhile: each is a reason to read again)."""
     first, error = read_observation(read_model)
-    if first is not None and first.same_as(reported):
-        return reported, []
-    later: List[Event] = []
     for _ in range(READ_ATTEMPTS):
-        arrived = wait_for_events(selector, settle, whole=True)
+        if first is not None:
+            reported = report_blocks(printer, reported, first, events)
+            if first.same_as(reported):
+                return reported, []
+        reported, arrived = settle_reading_blocks(read_model, reported, events, printer,
+                                                  selector, settle)
         second, error = read_observation(read_model)
+        if second is not None:
+            reported = report_blocks(printer, reported, second, events + arrived)
         if first is not None and second is not None:
-            changes = confirmed_changes(reported, first, second, preceding(events))
+            changes = finding_changes(reported, first, second, preceding(events))
             printer.emit(changes, time.time())
-            return after_changes(reported, changes), later + arrived
-        if first is None:
-            events = events + later
-            later = []
-        later += arrived
+            return after_changes(reported, changes), arrived
+        events = events + arrived
         first = second
-    printer.failed(preceding(events + later), error, time.time())
-    return reported, later
+    printer.failed(preceding(events), error, time.time())
+    return reported, []
+
+
+def settle_reading_blocks(read_model: Callable[[], Model], reported: Observation,
+                          events: List[Event], printer: Printer,
+                          selector: selectors.BaseSelector,
+                          settle: float) -> Tuple[Observation, List[Event]]:
+    """Wait ``settle`` seconds, reading and printing the blocks on each event
+    meanwhile (a DIMM added and removed within ``settle`` is not missed;
+    its findings wait: uevents come mid-way through a hotplug, e.g. before
+    the new block's node links are made). Returns (what has been reported
+    now, the events that arrived)."""
+    arrived: List[Event] = []
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        new = wait_for_events(selector, deadline - time.monotonic())
+        if new:
+            arrived += new
+            read, _ = read_observation(read_model)
+            if read is not None:
+                reported = report_blocks(printer, reported, read, events + arrived)
+    return reported, arrived
+
+
+def report_blocks(printer: Printer, reported: Observation, read: Observation,
+                  events: List[Event]) -> Observation:
+    """Print the block changes of one read; return ``reported`` with them."""
+    changes = block_changes(reported, read, preceding(events))
+    printer.emit(changes, time.time())
+    return after_changes(reported, changes)
 
 
 def watch(read_model: Callable[[], Model], sources: Sequence[Any], out: IO[str],

@@ -36,20 +36,22 @@ def test_a_hotplug_step_seen_once_is_not_reported():
     boot, mid = watch.observe(handmade.x86_boot()), watch.observe(mid_hot_add())
     after = watch.observe(handmade.x86_hotplug())
     assert {f["severity"] for f in mid.findings.values()} & {"warning", "error"}
-    changes = watch.confirmed_changes(boot, mid, after, watch.Event("qmp", "ACPI_DEVICE_OST"))
+    changes = watch.finding_changes(boot, mid, after, watch.Event("qmp", "ACPI_DEVICE_OST"))
     # x86 never puts hot-added memory in memblock: an info finding of its own.
-    assert [(c.what, c.blocks, c.severity, c.finding and c.finding["kind"]) for c in changes] == \
-        [("blocks-added", (32, 33), "info", None), ("appeared", (), "info", "memmap-without-memblock")]
+    assert [(c.what, c.severity, c.finding["kind"]) for c in changes] == \
+        [("appeared", "info", "memmap-without-memblock")]
+    assert [(c.what, c.blocks) for c in watch.block_changes(boot, mid, watch.Event("interval"))] == \
+        [("blocks-added", (32, 33))]
 
 
 def test_a_finding_seen_twice_appears_and_one_gone_twice_clears():
     boot, orphan = watch.observe(handmade.x86_boot()), watch.observe(handmade.x86_orphan())
-    appeared = watch.confirmed_changes(boot, orphan, orphan, watch.Event("interval"))
+    appeared = watch.finding_changes(boot, orphan, orphan, watch.Event("interval"))
     assert [(c.what, c.finding["kind"], c.finding["block"]) for c in appeared] == \
         [("appeared", "orphaned-link", 32), ("appeared", "orphaned-link", 33)]
     reported = watch.after_changes(boot, appeared)
     assert reported.same_as(orphan)
-    cleared = watch.confirmed_changes(reported, boot, boot, watch.Event("interval"))
+    cleared = watch.finding_changes(reported, boot, boot, watch.Event("interval"))
     assert [(c.what, c.severity) for c in cleared] == [("cleared", "error"), ("cleared", "error")]
     assert watch.after_changes(reported, cleared).same_as(boot)
 
@@ -81,6 +83,15 @@ def test_watch_reports_a_clean_hotplug_as_blocks_and_exits_0():
         ("blocks-added", [32, 33], "interval"),
         ("blocks-removed", [32, 33], "interval")]
     assert {line["severity"] for line in lines} == {"info"}
+    assert status == 0
+
+
+def test_watch_reports_blocks_that_came_and_went_within_a_settle():
+    boot, mid = handmade.x86_boot(), mid_hot_add()
+    status, lines = run_watch([boot, mid, boot, boot])
+    assert [(line["change"], line["blocks"]) for line in lines if "blocks" in line] == [
+        ("blocks-added", list(range(8))), ("blocks-added", [32, 33]), ("blocks-removed", [32, 33])]
+    assert [line for line in lines if line["severity"] != "info"] == []
     assert status == 0
 
 

@@ -1,0 +1,201 @@
+"""``drgn-hotplug watch --qemu`` on a live bed guest (x86_64 6.1), started
+before the scenario's steps are played, so it sees them happen.
+
+One guest boot for the module: the tests run in file order on the same
+guest (clean hotplug, then the soak cycles, then the orphan hot-remove,
+which leaves the guest broken). Each test starts its own watch process
+(QMP serves one client per socket: drgn's ``--qemu`` socket and the events
+socket are free again once a watch has exited).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import pytest
+
+import vmcores
+from vmcores.guest import GuestSpec
+from vmcores.scenarios import UNLINK_FUNCTION, LiveGuest, add_two_dimms
+
+pytest.importorskip("drgn")
+pytestmark = pytest.mark.slow
+
+INTERVAL_S = 3
+# The orphaned links must be printed within this many seconds of the end of
+# the hot-remove (DEVICE_DELETED seen by the bed).
+ORPHAN_WITHIN_S = 5
+SOAK_CYCLES = 20
+SOAK_RSS_GROWTH_KIB = 4096
+
+
+class Watcher:
+    """A ``drgn-hotplug watch --json`` process, its lines as they arrive
+    (with the monotonic time each was read)."""
+
+    def __init__(self, guest: LiveGuest, vmlinux: Path, events_socket: Path):
+        self.proc = subprocess.Popen(
+            ["drgn-hotplug", "--qemu", str(guest.drgn_qmp_socket), "-s", str(vmlinux), "watch",
+             "--qmp-events", str(events_socket), "--json", "--interval", str(INTERVAL_S)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: List[Tuple[float, Dict]] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.wait_for(lambda line: line["event"]["source"] == "start", 120)
+
+    def _read(self) -> None:
+        for text in self.proc.stdout:
+            self.lines.append((time.monotonic(), json.loads(text)))
+
+    def wait_for(self, wanted: Callable[[Dict], bool], timeout: float, count: int = 1,
+                 since: int = 0) -> float:
+        """The arrival time of the ``count``-th line ``wanted`` accepts,
+        among the lines from the ``since``-th on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            times = [when for when, line in self.lines[since:] if wanted(line)]
+            if len(times) >= count:
+                return times[count - 1]
+            assert self.proc.poll() is None, self.proc.stderr.read()
+            time.sleep(0.1)
+        raise AssertionError(f"no such line within {timeout} s; lines: {self.lines}")
+
+    def serious(self, before: float = float("inf")) -> List[Dict]:
+        return [line for when, line in self.lines
+                if when < before and line["severity"] in ("error", "warning")]
+
+    def resources(self) -> Tuple[int, int]:
+        """(open file descriptors, resident KiB) of the watch process."""
+        fds = len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        return fds, rss
+
+    def stop(self) -> int:
+        """Ctrl-C, and watch's exit status."""
+        self.proc.send_signal(signal.SIGINT)
+        status = self.proc.wait(30)
+        self.reader.join(10)
+        return status
+
+
+class Bed:
+    def __init__(self, cell: vmcores.Cell, guest: LiveGuest, events_socket: Path):
+        self.cell, self.guest, self.events_socket = cell, guest, events_socket
+
+    def watcher(self) -> Watcher:
+        return Watcher(self.guest, self.cell.vmlinux, self.events_socket)
+
+
+def boot_with_events_socket(cell: vmcores.Cell, events_socket: Path) -> LiveGuest:
+    """The cell's guest, not yet booted, with a third QMP socket for watch's events."""
+    meta = cell.meta
+    kernel_meta = json.loads((Path(meta["kernel_dir"]) / "kernel.json").read_text())
+    spec = GuestSpec(meta["arch"], Path(meta["image"]), cell.dir / "initrd", meta["cmdline"],
+                     ["-qmp", f"unix:{events_socket},server=on,wait=off"])
+    return LiveGuest(spec, kernel_meta, "watch")
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    cell = vmcores.build_cell("x86_64", "6.1", "orphan")
+    events_socket = tmp_path_factory.mktemp("watch") / "events.sock"
+    with boot_with_events_socket(cell, events_socket) as guest:
+        yield Bed(cell, guest, events_socket)
+
+
+def blocks_line(what: str, blocks: List[int]) -> Callable[[Dict], bool]:
+    return lambda line: line["change"] == what and line["blocks"] == blocks
+
+
+def test_clean_hotplug_reports_blocks_and_nothing_serious(bed):
+    g = bed.guest
+    watcher = bed.watcher()
+    try:
+        first = g.hot_add(1, 256)
+        watcher.wait_for(blocks_line("blocks-added", first["blocks"]), 30)
+        second = g.hot_add(0, 256)
+        for block in first["blocks"] + second["blocks"]:
+            g.online(block)
+        for block in first["blocks"]:
+            g.offline(block)
+        g.hot_remove(first)
+        watcher.wait_for(blocks_line("blocks-removed", first["blocks"]), 30)
+        time.sleep(INTERVAL_S + 2)
+    finally:
+        status = watcher.stop()
+    added = [line for _, line in watcher.lines if line["change"] == "blocks-added"
+             and line["event"]["source"] != "start"]
+    # The hot-adds were caught by their QMP event, not by the interval.
+    assert [(line["blocks"], line["event"]["name"]) for line in added] == \
+        [(first["blocks"], "ACPI_DEVICE_OST"), (second["blocks"], "ACPI_DEVICE_OST")]
+    assert watcher.serious() == []
+    assert status == 0
+
+
+def test_soak_hotplug_cycles_leak_no_fds_or_memory(bed):
+    g = bed.guest
+    watcher = bed.watcher()
+
+    def cycle() -> None:
+        """Hot-add, online, offline, hot-remove a DIMM on node 0, each end seen by watch."""
+        since = len(watcher.lines)
+        added = g.hot_add(0, 256)
+        watcher.wait_for(blocks_line("blocks-added", added["blocks"]), 30, since=since)
+        for block in added["blocks"]:
+            g.online(block)
+        for block in added["blocks"]:
+            g.offline(block)
+        since = len(watcher.lines)
+        g.hot_remove(added)
+        watcher.wait_for(blocks_line("blocks-removed", added["blocks"]), 30, since=since)
+
+    try:
+        cycle()  # warm-up: drgn's type and symbol caches fill on the first reads
+        fds_before, rss_before = watcher.resources()
+        for _ in range(SOAK_CYCLES):
+            cycle()
+        fds_after, rss_after = watcher.resources()
+    finally:
+        status = watcher.stop()
+    removed = [line for _, line in watcher.lines if line["change"] == "blocks-removed"]
+    assert len(removed) == SOAK_CYCLES + 1
+    assert fds_after == fds_before
+    assert rss_after - rss_before < SOAK_RSS_GROWTH_KIB, (rss_before, rss_after)
+    assert watcher.serious() == []
+    assert status == 0
+
+
+def test_orphaned_links_appear_within_seconds_of_the_hot_remove(bed):
+    g = bed.guest
+    watcher = bed.watcher()
+    try:
+        first = add_two_dimms(g)
+        for block in first["blocks"]:
+            g.offline(block)
+        g.patch_return(UNLINK_FUNCTION)
+        try:
+            remove_started = time.monotonic()
+            g.hot_remove(first)
+            removed = time.monotonic()
+        finally:
+            g.unpatch(UNLINK_FUNCTION)
+        orphans = lambda line: line["change"] == "appeared" and \
+            line["finding"]["kind"] == "orphaned-link"  # noqa: E731
+        seen = watcher.wait_for(orphans, 30, count=len(first["blocks"]))
+    finally:
+        status = watcher.stop()
+    assert seen - removed < ORPHAN_WITHIN_S
+    assert watcher.serious(before=remove_started) == []
+    found = [line for _, line in watcher.lines if orphans(line)]
+    assert {(line["finding"]["node"], line["finding"]["block"]) for line in found} == \
+        {(first["node"], block) for block in first["blocks"]}
+    assert {line["event"]["source"] for line in found} == {"qmp"}
+    assert status == 1
