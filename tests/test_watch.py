@@ -33,7 +33,7 @@ INTERVAL_S = 3
 # the hot-remove (DEVICE_DELETED seen by the bed).
 ORPHAN_WITHIN_S = 5
 SOAK_CYCLES = 20
-SOAK_RSS_GROWTH_KIB = 4096
+SOAK_RSS_GROWTH_KIB = 2048
 
 
 class Watcher:
@@ -66,6 +66,20 @@ class Watcher:
             assert self.proc.poll() is None, self.proc.stderr.read()
             time.sleep(0.1)
         raise AssertionError(f"no such line within {timeout} s; lines: {self.lines}")
+
+    def wait_for_blocks(self, what: str, blocks: List[int], since: int, timeout: float = 30) -> None:
+        """Wait until the lines from the ``since``-th on have reported all
+        ``blocks`` as ``what`` (blocks-added or blocks-removed): a read in
+        the middle of a hot-remove may see one block of a DIMM gone and not
+        yet the other."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = {b for _, line in self.lines[since:] if line["change"] == what for b in line["blocks"]}
+            if seen >= set(blocks):
+                return
+            assert self.proc.poll() is None, self.proc.stderr.read()
+            time.sleep(0.1)
+        raise AssertionError(f"{what} {blocks} not reported within {timeout} s; lines: {self.lines[since:]}")
 
     def serious(self, before: float = float("inf")) -> List[Dict]:
         return [line for when, line in self.lines
@@ -126,16 +140,17 @@ def test_clean_hotplug_reports_blocks_and_nothing_serious(bed):
             g.online(block)
         for block in first["blocks"]:
             g.offline(block)
+        since = len(watcher.lines)
         g.hot_remove(first)
-        watcher.wait_for(blocks_line("blocks-removed", first["blocks"]), 30)
+        watcher.wait_for_blocks("blocks-removed", first["blocks"], since)
         time.sleep(INTERVAL_S + 2)
     finally:
         status = watcher.stop()
     added = [line for _, line in watcher.lines if line["change"] == "blocks-added"
              and line["event"]["source"] != "start"]
-    # The hot-adds were caught by their QMP event, not by the interval.
-    assert [(line["blocks"], line["event"]["name"]) for line in added] == \
-        [(first["blocks"], "ACPI_DEVICE_OST"), (second["blocks"], "ACPI_DEVICE_OST")]
+    # The hot-adds were caught by their QMP event (the guest's _OST), not by the interval.
+    assert sorted(b for line in added for b in line["blocks"]) == sorted(first["blocks"] + second["blocks"])
+    assert {line["event"]["name"] for line in added} == {"ACPI_DEVICE_OST"}
     assert watcher.serious() == []
     assert status == 0
 
@@ -148,14 +163,14 @@ def test_soak_hotplug_cycles_leak_no_fds_or_memory(bed):
         """Hot-add, online, offline, hot-remove a DIMM on node 0, each end seen by watch."""
         since = len(watcher.lines)
         added = g.hot_add(0, 256)
-        watcher.wait_for(blocks_line("blocks-added", added["blocks"]), 30, since=since)
+        watcher.wait_for_blocks("blocks-added", added["blocks"], since)
         for block in added["blocks"]:
             g.online(block)
         for block in added["blocks"]:
             g.offline(block)
         since = len(watcher.lines)
         g.hot_remove(added)
-        watcher.wait_for(blocks_line("blocks-removed", added["blocks"]), 30, since=since)
+        watcher.wait_for_blocks("blocks-removed", added["blocks"], since)
 
     try:
         cycle()  # warm-up: drgn's type and symbol caches fill on the first reads
@@ -165,8 +180,6 @@ def test_soak_hotplug_cycles_leak_no_fds_or_memory(bed):
         fds_after, rss_after = watcher.resources()
     finally:
         status = watcher.stop()
-    removed = [line for _, line in watcher.lines if line["change"] == "blocks-removed"]
-    assert len(removed) == SOAK_CYCLES + 1
     assert fds_after == fds_before
     assert rss_after - rss_before < SOAK_RSS_GROWTH_KIB, (rss_before, rss_after)
     assert watcher.serious() == []
