@@ -329,11 +329,35 @@ def _add_common(parser: argparse.ArgumentParser, default: Callable[[Any], Any]) 
                         help="show tracebacks and drgn's warnings")
 
 
+def gdb_script_path() -> str:
+    """The gdb extension shipped in the package, for ``(gdb) source PATH``.
+
+    >>> gdb_script_path().endswith("drgn_hotplug/gdb_memhp.py")
+    True
+    """
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "gdb_memhp.py")
+
+
+class _PrintGdbScript(argparse.Action):
+    """``--gdb-script``: print gdb_script_path() and exit, without a sub-command."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(gdb_script_path())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="drgn-hotplug",
         description="Find memory-hotplug inconsistencies in a Linux kernel or vmcore.",
         epilog="exit status: 0 clean, 1 warnings or errors found, 2 could not analyse")
+    parser.add_argument("--gdb-script", action=_PrintGdbScript,
+                        help="print the path of the gdb extension (memhp commands) to `source` in gdb")
     _add_common(parser, lambda value: value)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
