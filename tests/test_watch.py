@@ -186,6 +186,27 @@ def test_soak_hotplug_cycles_leak_no_fds_or_memory(bed):
     assert status == 0
 
 
+def test_memhp_watch_at_the_drgn_prompt_reports_a_hot_add(bed):
+    pexpect = pytest.importorskip("pexpect")
+    g = bed.guest
+    child = pexpect.spawn("drgn", ["-q", "--qemu", str(g.drgn_qmp_socket), "-s", str(bed.cell.vmlinux)],
+                          encoding="utf-8", timeout=120)
+    try:
+        child.expect(">>> ")
+        child.sendline(f"%memhp watch --qmp-events {bed.events_socket} --interval {INTERVAL_S}")
+        child.expect(r"blocks-added info memory0 .*\(after start\)")
+        added = g.hot_add(0, 256)
+        names = " ".join(f"memory{block}" for block in added["blocks"])
+        child.expect(rf"blocks-added info {names} \(after qmp ACPI_DEVICE_OST {added['dimm']}\)", timeout=30)
+        child.sendintr()
+        child.expect(">>> ")
+        assert "error" not in child.before and "warning" not in child.before
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+
+
 def test_orphaned_links_appear_within_seconds_of_the_hot_remove(bed):
     g = bed.guest
     watcher = bed.watcher()
