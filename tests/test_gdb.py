@@ -1,4 +1,4 @@
-"""The gdb front end (gdb/memhp.py), driven through real gdb with pexpect.
+"""The gdb front end (drgn_hotplug/gdb_memhp.py, sourced through gdb/memhp.py), driven through real gdb with pexpect.
 
 On the test bed's kernel-virtual ELF dumps gdb must build the very model
 the drgn front end builds from the same guest's kdump, and print the same
@@ -30,6 +30,7 @@ from drgn_hotplug import drgn_reader  # noqa: E402
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
 
 CHECKOUT = Path(__file__).resolve().parent.parent
+# The checkout's entry point (it sources the packaged drgn_hotplug/gdb_memhp.py).
 MEMHP = CHECKOUT / "gdb" / "memhp.py"
 GDB = {"x86_64": "gdb", "arm64": "gdb-multiarch"}
 PROMPT = "(memhp-test) "
