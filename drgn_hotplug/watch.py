@@ -235,9 +235,12 @@ def text_line(change: Change, when: float) -> str:
     """One human line.
 
     >>> orphan = {"kind": "orphaned-link", "severity": "error", "node": 1, "block": 32,
-    ...           "reason": "the link's target memory block was removed"}
+    ...           "reason": "node1/memory32: target memory32 removed (deactivated, removing, unlinked)"}
     >>> text_line(Change("appeared", Event("qmp", "DEVICE_DELETED", {"device": "dimm0"}), orphan), 0)
-    "1970-01-01T00:00:00.000Z appeared error   orphaned-link node1/memory32: the link's target memory block was removed (after qmp DEVICE_DELETED dimm0)"
+    '1970-01-01T00:00:00.000Z appeared error   orphaned-link node1/memory32: target memory32 removed (deactivated, removing, unlinked) (after qmp DEVICE_DELETED dimm0)'
+    >>> text_line(Change("cleared", Event("interval"), {"kind": "memmap-without-memblock", "severity": "info",
+    ...     "start_pfn": 0x9f, "end_pfn": 0x100, "reason": "hole inside an early section"}), 0)
+    '1970-01-01T00:00:00.000Z cleared info    memmap-without-memblock pfn 0x9f-0xff: hole inside an early section (after interval)'
     >>> text_line(Change("blocks-added", Event("interval"), blocks=(32, 33)), 0)
     '1970-01-01T00:00:00.000Z blocks-added info memory32 memory33 (after interval)'
     """
@@ -246,8 +249,10 @@ def text_line(change: Change, when: float) -> str:
         names = " ".join(f"memory{b}" for b in change.blocks)
         return f"{timestamp(when)} {change.what} info {names} {after}"
     f = change.finding
-    return (f"{timestamp(when)} {change.what} {f['severity']:<7} {f['kind']} {place(f)}: "
-            f"{f.get('reason', '')} {after}")
+    reason = f.get("reason", "")
+    # Link findings' reasons start with the link already.
+    where = reason if reason.startswith(place(f)) else f"{place(f)}: {reason}"
+    return f"{timestamp(when)} {change.what} {f['severity']:<7} {f['kind']} {where} {after}"
 
 
 def json_line(change: Change, when: float) -> str:

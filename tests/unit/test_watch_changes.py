@@ -144,3 +144,15 @@ def test_a_qmp_socket_that_does_not_greet_is_a_one_line_error(tmp_path, monkeypa
 def test_a_missing_qmp_socket_is_a_one_line_error(tmp_path):
     with pytest.raises(watch.SourceError, match="cannot listen to QMP events on .*No such file"):
         watch.QmpEvents(str(tmp_path / "absent.sock"))
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["-c", "vmcore", "watch"], "watch needs a running kernel (default) or --qemu, not a dump"),
+    (["watch", "--qmp-events", "events.sock"], "--qmp-events is for a QEMU guest: give --qemu too"),
+])
+def test_watch_refuses_what_it_cannot_watch_in_one_line(argv, says, capsys):
+    from drgn_hotplug import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"drgn-hotplug: {says}\n"
