@@ -444,14 +444,15 @@ def extract_members(deb: Path, wanted: dict[str, str], out: Path, with_modules: 
     return modules
 
 
-def extract_modules(modules: dict[str, bytes], source: str, out: Path) -> dict[str, list[str]]:
-    """Write the closure of MODULE_ROOTS (decompressed) into ``out``; returns its dependency map.
+def extract_modules(modules: dict[str, bytes], source: str, out: Path,
+                    roots: tuple[str, ...] = MODULE_ROOTS) -> dict[str, list[str]]:
+    """Write the closure of ``roots`` (decompressed) into ``out``; returns its dependency map.
 
     Debian's packages ship no modules.dep (depmod runs at install time), so the
     dependencies come from each module's ``.modinfo`` ``depends=``.
     """
     deps: dict[str, list[str]] = {}
-    pending = [m for m in MODULE_ROOTS if module_blob(modules, m) is not None]
+    pending = [m for m in roots if module_blob(modules, m) is not None]
     while pending:
         name = pending.pop()
         if name in deps:

@@ -1,0 +1,201 @@
+"""A userland for live guests: Python, drgn, drgn-hotplug, util-linux and the
+kernel's debug vmlinux on a read-only virtio disk, so the tool runs inside the
+guest, as root, on the guest's own /proc/kcore.
+
+The disk is an ext4 image (ext4 is built into the Debian cloud kernels; they
+have no 9p) made with ``mke2fs -d`` from Debian bookworm packages of the
+guest's arch (extracted with ``dpkg-deb -x``, no maintainer scripts), drgn's
+manylinux wheel and the checkout's built wheel (installed with ``pip install
+--target`` on the host: the guest has no network and no pip, and TCG makes pip
+slow), plus the kernel's vmlinux at /usr/lib/debug/lib/modules/ABI/vmlinux,
+where drgn looks for it. The guest mounts it at /u and runs the tools with
+``chroot /u``; cells never attach it, so their bed hash is unaffected.
+
+Example:
+    >>> disk = build_userland(k, wheel)                      # doctest: +SKIP
+    >>> spec = live_guest_spec(k, "orphan", disk, workdir)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from . import packages
+from .guest import GuestSpec
+from .initramfs import CpioWriter
+from .packages import DEBIAN, DEB_ARCH, SECURITY, AptRoot, Kernel, cache_root, run
+
+# Bookworm's Python (3.11, as drgn's cp311 wheel), util-linux (lsmem, setpriv)
+# with the libraries it pre-depends on, and readline for drgn's prompt; their
+# dependency closure is apt's (pre-dependencies left out: they pull in debconf
+# and its tools for maintainer scripts that never run here).
+ROOTS = ("python3.11-minimal", "libpython3.11-stdlib", "python3-minimal", "util-linux", "libreadline8",
+         "libblkid1", "libmount1", "libselinux1", "libpcre2-8-0", "libudev1", "libsmartcols1")
+# Dependencies only maintainer scripts or documentation tools use.
+LEFT_OUT = ("perl", "perl-base", "perl-modules-5.36", "libperl5.36", "dpkg", "tar", "install-info",
+            "mailcap", "mime-support", "libgdbm-compat4", "libgdbm6", "libdb5.3", "debconf")
+DRGN = "drgn==0.3.0"
+PLATFORM = {"x86_64": "manylinux_2_28_x86_64", "arm64": "manylinux_2_28_aarch64"}
+# Modules for the disk: the cloud kernels build virtio-blk (and up to 6.1
+# virtio-pci) as modules.
+DISK_MODULES = ("virtio_pci", "virtio_blk")
+GUEST_ROOT = "/u"
+
+
+def userland_debs(arch: str) -> list[Path]:
+    """The bookworm packages of the userland, downloaded once.
+
+    >>> sorted(p.name.split("_")[0] for p in userland_debs("x86_64"))[:2]   # doctest: +SKIP
+    ['gcc-12-base', 'libaudit-common']
+    """
+    apt = AptRoot([(DEBIAN, "bookworm"), (SECURITY, "bookworm-security")], DEB_ARCH[arch])
+    with packages.package_lock():
+        apt.ensure_lists()
+        out = run(["apt-cache", *apt.options(), "depends", "--recurse", "--no-recommends", "--no-suggests",
+                   "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", "--no-pre-depends",
+                   *ROOTS])
+        names = sorted({n for n in out.splitlines() if not n.startswith((" ", "<"))} - set(LEFT_OUT))
+        return [apt.download(n, apt.version(n)) for n in names]
+
+
+def pip_wheels(arch: str, dest: Path) -> list[Path]:
+    """drgn's manylinux wheel for the arch and tabulate, from PyPI (once)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for spec, extra in ((DRGN, ["--platform", PLATFORM[arch], "--python-version", "3.11",
+                                "--implementation", "cp"]), ("tabulate>=0.9", [])):
+        if not any(dest.glob(spec.split("=")[0].split(">")[0] + "-*.whl")):
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                            *extra, "-d", str(dest), spec], check=True, capture_output=True)
+    return sorted(dest.glob("*.whl"))
+
+
+def build_userland(k: Kernel, wheel: Path) -> Path:
+    """The userland disk image for kernel ``k`` with the drgn-hotplug ``wheel``,
+    cached under the cache root keyed by every package's version and the wheel."""
+    debs = userland_debs(k.arch)
+    wheels = pip_wheels(k.arch, cache_root() / "wheels" / k.arch)
+    key = hashlib.sha256("\n".join([k.abi, k.version, *(d.name for d in debs), *(w.name for w in wheels),
+                                    hashlib.sha256(wheel.read_bytes()).hexdigest()]).encode()).hexdigest()[:12]
+    image = cache_root() / "userland" / f"{k.abi}-{k.arch}-{key}.ext4"
+    if image.exists():
+        return image
+    tree = image.with_suffix(".tree")
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+    install_wheels(k.arch, [*wheels, wheel], tree)
+    for d in ("proc", "sys", "dev", "tmp"):
+        (tree / d).mkdir(exist_ok=True)
+    debug = tree / "usr/lib/debug/lib/modules" / k.abi
+    debug.mkdir(parents=True)
+    shutil.copyfile(k.vmlinux, debug / "vmlinux")
+    size_mib = sum(f.stat().st_size for f in tree.rglob("*") if f.is_file() and not f.is_symlink()) // (1 << 20)
+    tmp = image.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(tree), str(tmp), f"{size_mib * 5 // 4 + 64}M"],
+                   check=True)
+    shutil.rmtree(tree)
+    tmp.rename(image)
+    return image
+
+
+def install_wheels(arch: str, wheels: list[Path], tree: Path) -> None:
+    """``pip install --target`` into the userland's dist-packages for the guest's
+    Python; console scripts go to /usr/local/bin with the guest's interpreter."""
+    site = tree / "usr/lib/python3/dist-packages"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
+                    "--platform", PLATFORM[arch], "--python-version", "3.11", "--implementation", "cp",
+                    "--only-binary=:all:", *map(str, wheels)], check=True, capture_output=True)
+    bindir = tree / "usr/local/bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    for script in (site / "bin").iterdir():
+        body = script.read_text().split("\n", 1)[1]
+        (bindir / script.name).write_text("#!/usr/bin/python3\n" + body)
+        (bindir / script.name).chmod(0o755)
+    shutil.rmtree(site / "bin")
+
+
+def disk_modules_cpio(k: Kernel, cell_modules: list[str]) -> bytes:
+    """A cpio to append to a cell's initrd: the virtio disk modules, and an
+    /etc/modules that loads them after the cell's own (a later cpio member
+    replaces an earlier one of the same name)."""
+    extra = [m for m in modules_with_deps(k, DISK_MODULES) if m.name not in cell_modules]
+    w = CpioWriter()
+    w.file("etc/modules", "".join(f"{n}\n" for n in [*cell_modules, *(m.name for m in extra)]).encode(), 0o644)
+    for m in extra:
+        w.file(f"lib/modules/{m.name}", m.read_bytes(), 0o644)
+    return w.finish()
+
+
+def modules_with_deps(k: Kernel, roots: tuple[str, ...]) -> list[Path]:
+    """The .ko files of ``roots`` that the kernel builds as modules, dependencies
+    first, extracted (once) from the kernel's modules package."""
+    out = k.dir / "userland-modules"
+    if not (out / "deps.json").exists():
+        deb = next((cache_root() / "packages").glob(
+            f"{packages.series(k.series).layout.modules.format(abi=k.abi)}_*_{DEB_ARCH[k.arch]}.deb"))
+        blobs = packages.extract_members(deb, {}, k.dir, True)
+        tmp = out.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        deps = {}
+        for root in roots:
+            if packages.module_blob(blobs, root) is not None:
+                deps.update(packages.extract_modules(blobs, deb.name, tmp, roots=(root,)))
+        (tmp / "deps.json").write_text(json.dumps(deps))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    deps = json.loads((out / "deps.json").read_text())
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name not in order:
+            for dep in deps[name]:
+                visit(dep)
+            order.append(name)
+
+    for name in deps:
+        visit(name)
+    return [out / f"{n}.ko" for n in order]
+
+
+def live_guest_spec(k: Kernel, scenario: str, disk: Path, workdir: Path) -> GuestSpec:
+    """A cell's guest spec (cells.guest_spec) with the userland disk attached
+    read-only and its modules appended to the initrd."""
+    from .cells import guest_spec
+    from .scenarios import SCENARIOS
+
+    spec = guest_spec(k, scenario, workdir)
+    cell_modules = [m.name for m in k.modules_in_load_order(["qemu_fw_cfg", *SCENARIOS[scenario].modules])]
+    spec.initrd.write_bytes(spec.initrd.read_bytes() + disk_modules_cpio(k, cell_modules))
+    spec.extra_args += ["-drive", f"file={disk},if=none,id=userland,format=raw,readonly=on",
+                        "-device", "virtio-blk-pci,drive=userland"]
+    return spec
+
+
+# Mounts the disk at /u with what the tools need under it.
+MOUNT = f"""set -e
+mkdir -p {GUEST_ROOT}
+dev=$(for d in /sys/block/vd*; do echo /dev/${{d##*/}}; done | head -n 1)
+mount -t ext4 -o ro,noload $dev {GUEST_ROOT}
+mount -t proc proc {GUEST_ROOT}/proc
+mount -t sysfs sysfs {GUEST_ROOT}/sys
+mount -t devtmpfs dev {GUEST_ROOT}/dev
+mount -t tmpfs tmp {GUEST_ROOT}/tmp
+"""
+
+
+def in_userland(command: str) -> str:
+    """A guest shell line that runs ``command`` (a program and its arguments,
+    no shell syntax) in the userland, with a clean environment.
+
+    >>> in_userland("drgn-hotplug check")
+    'env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/tmp LANG=C.UTF-8 chroot /u drgn-hotplug check'
+    """
+    return f"env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/tmp LANG=C.UTF-8 chroot {GUEST_ROOT} {command}"
