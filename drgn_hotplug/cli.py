@@ -160,6 +160,12 @@ def open_target(core: Optional[str] = None, qemu: Optional[str] = None,
                 prog.set_kernel()
     except dumps.DumpError as error:
         raise Unanalysable(str(error)) from error
+    except PermissionError as error:
+        if core is None and qemu is None:
+            # /proc/kcore is mode 0400 root and its open() also wants CAP_SYS_RAWIO.
+            raise Unanalysable("reading the running kernel (/proc/kcore) needs root "
+                               "(CAP_SYS_RAWIO): run as root, or give -c VMCORE") from error
+        raise Unanalysable(f"cannot open {core or qemu}: {first_line(error)}") from error
     except Exception as error:
         # libkdumpfile's errors reach Python as a bare Exception (drgn 0.3.0),
         # so anything raised while opening means "cannot open".
