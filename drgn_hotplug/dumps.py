@@ -357,6 +357,9 @@ def open_dump(path: str) -> Opened:
         loads = qemu_paging_loads(f, size)
         if loads:
             return Opened(_program_from_loads(f, loads, path), "elf (qemu paging)")
+        loads = filtered_loads(f, size)
+        if loads:
+            return Opened(_program_from_loads(f, loads, path), "elf (filtered)")
         f.close()
         return Opened(_drgn_core_dump(path), "elf")
     if container == "unknown":
@@ -379,6 +382,7 @@ def open_dump(path: str) -> Opened:
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
 PT_LOAD, PT_NOTE = 1, 4
+ET_CORE = 4
 # QEMU's dump (target/*/arch_dump.c) names its CPU-state notes "QEMU".
 QEMU_NOTE_NAME = b"QEMU\0"
 
@@ -413,6 +417,37 @@ def qemu_paging_loads(f: BinaryIO, size: int) -> list[tuple[int, int, int]]:
     # into it (checked byte for byte against the non-paging dump).
     return [(h[4], h[6] if h[2] + h[6] <= size else h[5], h[2])
             for h in headers if h[0] == PT_LOAD and h[5]]
+
+
+def elf_program_headers(f: BinaryIO, size: int) -> list[tuple]:
+    """The program headers of a 64-bit ELF file ([] if they do not fit)."""
+    f.seek(0)
+    eh = f.read(ELF_HEADER.size)
+    if len(eh) < ELF_HEADER.size or eh[4] != 2:
+        return []
+    fields = ELF_HEADER.unpack(eh)
+    phoff, phentsize, phnum = fields[5], fields[9], fields[10]
+    if phentsize != PROGRAM_HEADER.size or phoff + phnum * phentsize > size:
+        return []
+    f.seek(phoff)
+    table = f.read(phnum * phentsize)
+    return [PROGRAM_HEADER.unpack_from(table, i * phentsize) for i in range(phnum)]
+
+
+def filtered_loads(f: BinaryIO, size: int) -> list[tuple[int, int, int]]:
+    """The (physical address, size in the file, file offset) of the PT_LOADs
+    of a filtered ELF dump (``makedumpfile -E -d N``: a segment's excluded
+    tail has p_filesz < p_memsz), or [] for an unfiltered one.
+
+    ELF readers (drgn too) read such a tail as zeros; struct pages or
+    kernel objects that makedumpfile excluded would then read as zeros, not
+    as missing. Read through the file's bytes only, an excluded page is
+    unreadable, as in the same filter's kdump-compressed file.
+    """
+    headers = elf_program_headers(f, size)
+    if not any(h[0] == PT_LOAD and h[5] < h[6] for h in headers):
+        return []
+    return [(h[4], h[5], h[2]) for h in headers if h[0] == PT_LOAD and h[5]]
 
 
 def overlapping_loads(extents: list[tuple[int, int]]) -> bool:
@@ -477,6 +512,43 @@ def _read_file(_f: BinaryIO, fd: int, base: int, _address: int, count: int, offs
 
         raise drgn.FaultError("truncated dump", _address)
     return data
+
+
+def identify(path: str) -> dict:
+    """What a dump says about itself without drgn: its container ("elf",
+    "kdump", "flattened", "unknown") and, from VMCOREINFO, its kernel's
+    release and build ID (None when unreadable). Raises DumpError."""
+    try:
+        f = open(path, "rb")
+    except OSError as error:
+        raise DumpError(f"cannot open {path}: {error.strerror}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        container = sniff_format(f.read(16))
+        if container == "elf":
+            info = elf_vmcoreinfo(f) if size >= ELF_HEADER.size else b""
+        elif container in ("kdump", "flattened"):
+            src = FlatFile(f, size) if container == "flattened" else PlainFile(f)
+            info = read_kdump_layout(src).vmcoreinfo
+        else:
+            info = b""
+    fields = dict(line.split("=", 1) for line in info.decode("ascii", "replace").splitlines() if "=" in line)
+    return {"container": container, "release": fields.get("OSRELEASE"), "build_id": fields.get("BUILD-ID")}
+
+
+def is_core_dump(path: str) -> bool:
+    """Whether a file looks like a kernel dump (an ELF core, kdump or
+    flattened file), for picking dumps out of a directory: a vmlinux is an
+    ELF executable, not a core."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(18)
+    except OSError:
+        return False
+    container = sniff_format(head)
+    if container == "elf":
+        return len(head) == 18 and int.from_bytes(head[16:18], "little") == ET_CORE
+    return container != "unknown"
 
 
 def _drgn_core_dump(path: str):

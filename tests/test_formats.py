@@ -2,7 +2,8 @@
 reference dump: QEMU's ELF with and without paging, QEMU's kdump-zlib as
 QEMU writes it (a flattened stream with an empty machine field, read in
 place), makedumpfile's ELF, flattened and lzo outputs at its filtered level
-(cell.json ``dumps``, vmcores.cells.DUMP_FILES), each through
+(cell.json ``dumps``; the reference of each in vmcores.cells.DUMP_FILES:
+vmcore.kdump, or vmcore-filtered.kdump for the same filter), each through
 ``drgn-hotplug check --json`` as a user runs it, naming the format.
 
 Cells are built on first use (vmcores.build_cell caches them): ``slow``.
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import vmcores
-from vmcores.cells import matrix
+from vmcores.cells import DUMP_FILES, matrix
 
 pytest.importorskip("drgn")
 pytestmark = pytest.mark.slow
@@ -65,13 +66,11 @@ def test_every_format_gives_the_reference_findings(key):
     if key[0] == "x86_64" and c.meta.get("filtered_kdump_error") is None:
         assert MAKEDUMPFILE_DUMPS <= set(dumps)
     before = sorted(os.listdir(c.dir))
-    references = {}
-    for filtered, name in ((False, "vmcore.kdump"), (True, "vmcore-filtered.kdump")):
-        if name in dumps:
-            references[filtered] = check_json(c.dir / name, c.vmlinux)
+    references = {name: check_json(c.dir / name, c.vmlinux)
+                  for name in ("vmcore.kdump", "vmcore-filtered.kdump") if name in dumps}
     for name, entry in dumps.items():
         status, doc = check_json(c.dir / name, c.vmlinux)
-        ref_status, ref = references[entry["filtered"]]
+        ref_status, ref = references[DUMP_FILES[name]["reference"]]
         assert doc["kernel"]["dump_format"].split(" (")[0] == entry["format"], name
         assert (status, comparable(doc)) == (ref_status, comparable(ref)), name
         assert doc["kernel"]["release"] == ref["kernel"]["release"]
