@@ -372,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
             child.add_argument("location", metavar="PFN|0xADDR")
         _add_common(child, lambda value: argparse.SUPPRESS)
     _add_watch(sub)
+    # Parsed by scan.main (main hands it the arguments): listed here for --help.
+    sub.add_parser("scan", help="check many dumps (files or directories), one JSON line each, "
+                   "then a summary (see drgn-hotplug scan --help)", add_help=False)
     return parser
 
 
@@ -422,6 +425,11 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["scan"]:
+        from . import scan
+
+        return scan.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.debug:
