@@ -31,11 +31,13 @@ from .initramfs import CpioWriter
 from .packages import DEBIAN, DEB_ARCH, SECURITY, AptRoot, Kernel, cache_root, run
 
 # Bookworm's Python (3.11, as drgn's cp311 wheel), util-linux (lsmem, setpriv)
-# with the libraries it pre-depends on, and readline for drgn's prompt; their
+# with the libraries it pre-depends on, readline for drgn's prompt and
+# libstdc++ (drgn's wheel links it); their
 # dependency closure is apt's (pre-dependencies left out: they pull in debconf
 # and its tools for maintainer scripts that never run here).
 ROOTS = ("python3.11-minimal", "libpython3.11-stdlib", "python3-minimal", "util-linux", "libreadline8",
-         "libblkid1", "libmount1", "libselinux1", "libpcre2-8-0", "libudev1", "libsmartcols1")
+         "libblkid1", "libmount1", "libselinux1", "libpcre2-8-0", "libudev1", "libsmartcols1",
+         "libstdc++6")
 # Dependencies only maintainer scripts or documentation tools use.
 LEFT_OUT = ("perl", "perl-base", "perl-modules-5.36", "libperl5.36", "dpkg", "tar", "install-info",
             "mailcap", "mime-support", "libgdbm-compat4", "libgdbm6", "libdb5.3", "debconf")
