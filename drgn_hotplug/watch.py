@@ -123,11 +123,22 @@ class Event:
         'interval'
         """
         if self.source == "uevent":
-            return f"uevent {self.name} {self.detail.get('devpath', '')}"
+            return " ".join(part for part in ("uevent", self.name, self.detail.get("devpath")) if part)
         if self.source == "qmp":
             device = self.detail.get("device") or self.detail.get("info", {}).get("device")
             return " ".join(part for part in ("qmp", self.name, device) if part)
         return self.source
+
+
+    def tells_much(self) -> bool:
+        """Whether the event names the device or sysfs path it is about, or
+        is the end of QEMU.
+
+        >>> Event("qmp", "ACPI_DEVICE_OST", {"info": {"source": 3, "status": 0}}).tells_much()
+        False
+        """
+        return self.name == "closed" or bool(self.detail.get("devpath") or self.detail.get("device")
+                                             or self.detail.get("info", {}).get("device"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,7 +455,8 @@ class Printer:
 
 def preceding(events: Sequence[Event]) -> Event:
     """The event to name before a change: the last one that names a device
-    (QEMU's final ACPI_DEVICE_OST of an eject names none), else the last.
+    or says QEMU has gone (QEMU's final ACPI_DEVICE_OST of an eject names
+    no device), else the last.
 
     >>> preceding([Event("qmp", "DEVICE_DELETED", {"device": "dimm0"}),
     ...            Event("qmp", "ACPI_DEVICE_OST", {"info": {"status": 0}})]).name
@@ -452,8 +464,8 @@ def preceding(events: Sequence[Event]) -> Event:
     >>> preceding([]).source
     'interval'
     """
-    named = [e for e in events if e.text() != f"{e.source} {e.name}"]
-    return (named or list(events) or [Event("interval")])[-1]
+    telling = [e for e in events if e.tells_much()]
+    return (telling or list(events) or [Event("interval")])[-1]
 
 
 def wait_for_events(selector: selectors.BaseSelector, timeout: float) -> List[Event]:
@@ -493,6 +505,7 @@ def recheck(read_model: Callable[[], Model], reported: Observation, events: List
     read that saw it. Returns (what has been reported now, the events that
     arrived meanwhile: each is a reason to read again)."""
     first, error = read_observation(read_model)
+    arrived_since: List[Event] = []
     for _ in range(READ_ATTEMPTS):
         if first is not None:
             reported = report_blocks(printer, reported, first, events)
@@ -508,9 +521,10 @@ def recheck(read_model: Callable[[], Model], reported: Observation, events: List
             printer.emit(changes, time.time())
             return after_changes(reported, changes), arrived
         events = events + arrived
+        arrived_since += arrived
         first = second
     printer.failed(preceding(events), error, time.time())
-    return reported, []
+    return reported, arrived_since
 
 
 def settle_reading_blocks(read_model: Callable[[], Model], reported: Observation,
@@ -546,7 +560,8 @@ def watch(read_model: Callable[[], Model], sources: Sequence[Any], out: IO[str],
           as_json: bool = False, interval: float = DEFAULT_INTERVAL_S,
           settle: float = SETTLE_S) -> int:
     """Re-check on each event of ``sources`` (else every ``interval``
-    seconds) until Ctrl-C; return 1 if a warning or error appeared, else 0.
+    seconds) until Ctrl-C, or until a source's QEMU has gone; return 1 if a
+    warning or error appeared (a failed re-check is an error), else 0.
 
     ``read_model`` must read the kernel afresh on each call (a drgn
     Program on a live kernel or QEMU guest caches no kernel memory).
@@ -560,6 +575,9 @@ def watch(read_model: Callable[[], Model], sources: Sequence[Any], out: IO[str],
     try:
         while True:
             reported, later = recheck(read_model, reported, events, printer, selector, settle)
+            if any(e.name == "closed" for e in events + later):
+                # QEMU has gone: the re-check after it has said what it could.
+                break
             events = later or wait_for_events(selector, interval) or [Event("interval")]
     except KeyboardInterrupt:
         pass

@@ -2,9 +2,10 @@
 6.1), started before the scenario's steps are played, so it sees them happen.
 
 One guest boot per arch: the tests run in file order on the same
-guest (clean hotplug, then the soak cycles, then the orphan hot-remove,
-which leaves the guest broken). Each test starts its own watch process
-(QMP serves one client per socket: drgn's ``--qemu`` socket and the events
+guest (clean hotplug, the soak cycles, the drgn prompt, then the orphan
+hot-remove, which leaves the guest broken, and last QEMU killed under
+watch). Each test starts its own watch process (QMP serves one client per
+socket: drgn's ``--qemu`` socket and the events
 socket are free again once a watch has exited).
 """
 
@@ -234,4 +235,17 @@ def test_orphaned_links_appear_within_seconds_of_the_hot_remove(bed):
     assert {(line["finding"]["node"], line["finding"]["block"]) for line in found} == \
         {(first["node"], block) for block in first["blocks"]}
     assert {line["event"]["source"] for line in found} == {"qmp"}
+    assert status == 1
+
+
+def test_watch_ends_when_the_guest_goes_away(bed):
+    """QEMU killed under watch: its events socket closes, the re-check after
+    it fails (an error line), and watch ends by itself with status 1."""
+    watcher = bed.watcher()
+    bed.guest.stop()
+    status = watcher.proc.wait(60)
+    watcher.reader.join(10)
+    assert [line["finding"]["kind"] for _, line in watcher.lines if line["severity"] == "error"] == \
+        ["recheck-failed"]
+    assert watcher.lines[-1][1]["event"]["name"] == "closed"
     assert status == 1
