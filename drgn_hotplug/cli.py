@@ -406,7 +406,7 @@ def _watch(args: argparse.Namespace) -> int:
             raise Unanalysable("watch needs a running kernel (default) or --qemu, not a dump")
         if args.qmp_events is not None and args.qemu is None:
             raise Unanalysable("--qmp-events is for a QEMU guest: give --qemu too")
-        prog, _ = open_target(qemu=args.qemu, symbols=args.symbols)
+        prog, _ = open_target(qemu=args.qemu, symbols=args.symbols, debug_dirs=args.debug_dir)
         if args.qemu is None:
             sources = [watch.Uevents()]
         else:
