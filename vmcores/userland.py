@@ -181,7 +181,8 @@ def live_guest_spec(k: Kernel, scenario: str, disk: Path, workdir: Path) -> Gues
     return spec
 
 
-# Mounts the disk at /u with what the tools need under it.
+# Mounts the disk at /u with what the tools need under it (devpts: drgn's
+# interactive mode needs a terminal).
 MOUNT = f"""set -e
 mkdir -p {GUEST_ROOT}
 dev=$(for d in /sys/block/vd*; do echo /dev/${{d##*/}}; done | head -n 1)
@@ -190,6 +191,8 @@ mount -t proc proc {GUEST_ROOT}/proc
 mount -t sysfs sysfs {GUEST_ROOT}/sys
 mount -t devtmpfs dev {GUEST_ROOT}/dev
 mount -t tmpfs tmp {GUEST_ROOT}/tmp
+mkdir -p {GUEST_ROOT}/dev/pts
+mount -t devpts devpts {GUEST_ROOT}/dev/pts
 """
 
 
