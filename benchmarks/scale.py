@@ -25,8 +25,10 @@ benchmarks/RESULTS.md and benchmarks/scale.png.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -355,6 +357,10 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(WORKERS[args.worker[0]](*args.worker[1:])))
         return 0
+    # Check before a minute of measuring, not at the plot after it.
+    if importlib.util.find_spec("matplotlib") is None:
+        print("benchmarks.scale: the plot needs matplotlib: pip install '.[plots]'", file=sys.stderr)
+        return 2
     out = Path(args.out)
     if args.render:
         return write_results(json.loads((out / "scale.json").read_text()), out)
@@ -380,10 +386,24 @@ def main(argv=None) -> int:
 
 def write_results(rows: list, out: Path) -> int:
     table = results_table(rows)
-    (out / "RESULTS.md").write_text(results_markdown(table, targets(rows)))
+    results = out / "RESULTS.md"
+    kept = other_benchmarks_sections(results.read_text() if results.exists() else "")
+    results.write_text(results_markdown(table, targets(rows)) + kept)
     plot(rows, out / "scale.png")
     print(table)
     return 0
+
+
+def other_benchmarks_sections(text: str) -> str:
+    r"""The sections other benchmarks keep in RESULTS.md between their own
+    markers (``<!-- name: ... -->`` to ``<!-- /name -->``), which a rewrite
+    of the scale results must keep.
+
+    >>> other_benchmarks_sections("# Scale\n<!-- watch: w.py -->\nrows\n<!-- /watch -->\n")
+    '\n<!-- watch: w.py -->\nrows\n<!-- /watch -->\n'
+    """
+    return "".join(f"\n{m.group(0)}\n" for m in
+                   re.finditer(r"<!-- (\w+): .*? -->.*?<!-- /\1 -->", text, re.S))
 
 
 def growth(rows: list, key: str) -> str:
