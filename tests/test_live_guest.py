@@ -32,24 +32,27 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 # interactive mode wants a terminal (drgn 0.3.0 reads a script from a
 # non-tty stdin), so it gets a pty, and each line is typed at its prompt.
 AT_THE_PROMPT = r'''
-import os, pty, sys
+import os, pty, select, sys
 pid, fd = pty.fork()
 if pid == 0:
     os.execv("/usr/local/bin/drgn", ["drgn", "-q"])
 seen = b""
 def until_prompt():
+    # A prompt with nothing after it for 2 s: drgn's banner echoes lines
+    # that begin with ">>> ".
     global seen
-    while not seen.endswith(b">>> "):
+    while not (seen.endswith(b">>> ") and not select.select([fd], [], [], 2)[0]):
         seen += os.read(fd, 65536)
 for line in sys.argv[1:]:
     until_prompt()
-    seen += b"\n"
     os.write(fd, line.encode() + b"\n")
+    seen += os.read(fd, 65536)  # at least the echo: the old prompt is no longer last
 until_prompt()
 os.write(fd, b"exit()\n")
 os.waitpid(pid, 0)
 sys.stdout.write(seen.decode().replace("\r\n", "\n"))
 '''
+
 
 RUN_COMMAND = 'from drgn.commands import run_command\nrun_command(prog, "memhp check")\n'
 
@@ -82,7 +85,7 @@ class InGuest:
         self.guest.run(f"cat > {userland.GUEST_ROOT}{path} <<'@@EOF'\n{text}\n@@EOF")
 
 
-@pytest.fixture(scope="module", params=[("x86_64", "6.1")], ids="-".join)
+@pytest.fixture(scope="module", params=[("x86_64", "6.1"), ("x86_64", "7.x")], ids="-".join)
 def in_guest(request, wheel, tmp_path_factory):
     arch, series = request.param
     k = packages.fetch_kernel(arch, series)
