@@ -104,6 +104,10 @@ def build_userland(k: Kernel, wheel: Path) -> Path:
                    check=True)
     shutil.rmtree(tree)
     tmp.rename(image)
+    # An image is ~1 GB (the vmlinux) and each new wheel makes one: keep the newest.
+    for older in image.parent.glob(f"{k.abi}-{k.arch}-*.ext4"):
+        if older != image:
+            older.unlink()
     return image
 
 
