@@ -23,6 +23,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from . import packages
@@ -82,7 +83,7 @@ def build_userland(k: Kernel, wheel: Path) -> Path:
     debs = userland_debs(k.arch)
     wheels = pip_wheels(k.arch, cache_root() / "wheels" / k.arch)
     key = hashlib.sha256("\n".join([k.abi, k.version, *(d.name for d in debs), *(w.name for w in wheels),
-                                    hashlib.sha256(wheel.read_bytes()).hexdigest()]).encode()).hexdigest()[:12]
+                                    wheel_content_hash(wheel)]).encode()).hexdigest()[:12]
     image = cache_root() / "userland" / f"{k.abi}-{k.arch}-{key}.ext4"
     if image.exists():
         return image
@@ -109,6 +110,16 @@ def build_userland(k: Kernel, wheel: Path) -> Path:
         if older != image:
             older.unlink()
     return image
+
+
+def wheel_content_hash(wheel: Path) -> str:
+    """A hash of a wheel's member names and bytes: two builds of one tree agree
+    (the zip itself differs by the build's timestamps)."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as z:
+        for name in sorted(z.namelist()):
+            digest.update(name.encode() + b"\0" + z.read(name))
+    return digest.hexdigest()
 
 
 def install_wheels(arch: str, wheels: list[Path], tree: Path) -> None:
