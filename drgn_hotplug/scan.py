@@ -63,7 +63,8 @@ def find_dumps(inputs: Iterable[str]) -> List[str]:
             for top, dirs, files in os.walk(item):
                 dirs.sort()
                 found.update(os.path.join(top, name) for name in files
-                             if dumps.is_core_dump(os.path.join(top, name)))
+                             if os.path.isfile(os.path.join(top, name))
+                             and dumps.is_core_dump(os.path.join(top, name)))
         else:
             found.add(item)
     return sorted(found)
@@ -92,8 +93,11 @@ def scan_one(path: str, symbols: Sequence[str] = (), debug_dirs: Sequence[str] =
     exit_status, verdict, seconds, and summary + findings, or reason."""
     line = {"path": path, "format": None, "release": None, "build_id": None}
     try:
-        identity = dumps.identify(path)
-        line.update(release=identity["release"], build_id=identity["build_id"])
+        # Only a regular file: opening a FIFO or a device could block this
+        # process; the worker, which may hang, tries those.
+        if os.path.isfile(path):
+            identity = dumps.identify(path)
+            line.update(release=identity["release"], build_id=identity["build_id"])
     except Exception:   # noqa: BLE001 - the worker says why the dump is unreadable
         pass
     start = time.monotonic()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,55 @@ def test_no_matching_vmlinux_is_one_line(tmp_path):
     release, build_id = dump_identity(c)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and release in proc.stderr and build_id in proc.stderr
+
+
+# ---------------------------------------------------------------- scan over many dumps
+
+def scan_lines(*args: str, cwd: Path | None = None) -> tuple[int, list[dict], str]:
+    proc = subprocess.run([sys.executable, "-m", "drgn_hotplug.cli", "scan", *args], capture_output=True,
+                          text=True, timeout=900, cwd=cwd)
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
+
+
+def test_scan_equals_check_per_dump_and_survives_bad_workers(tmp_path):
+    """Every dump of two cells (both arches, every format) plus a truncated
+    dump and a dump whose worker hangs (a FIFO nobody writes: open() blocks):
+    per dump the exit status and findings of ``check``; the hang is a line
+    of its own; the run goes on."""
+    cells = [cell("x86_64", "6.1", "orphan"), cell("arm64", "6.1", "orphan")]
+    with open(cells[0].dir / "vmcore-qemu-kdump-zlib.flat", "rb") as f:
+        (tmp_path / "truncated.flat").write_bytes(f.read(3_000_000))
+    os.mkfifo(tmp_path / "hangs.kdump")
+    kernels_dir = str(cells[0].vmlinux.parent.parent)
+    status, lines, err = scan_lines(*(str(c.dir) for c in cells), str(tmp_path / "truncated.flat"),
+                                    str(tmp_path / "hangs.kdump"), "--jobs", "2", "--timeout", "60",
+                                    "--debug-dir", kernels_dir)
+    by_path = {line["path"]: line for line in lines}
+    expected = {str(c.dir / name): c for c in cells for name in c.dumps}
+    assert set(by_path) == set(expected) | {str(tmp_path / "truncated.flat"), str(tmp_path / "hangs.kdump")}
+    for path, c in expected.items():
+        ref_status, ref = check_json(Path(path), c.vmlinux)
+        line = by_path[path]
+        assert (line["exit_status"], comparable({"findings": line["findings"]})) == (ref_status, comparable(ref))
+        assert line["format"].split(" (")[0] == c.dumps[Path(path).name]["format"]
+        assert line["release"] == ref["kernel"]["release"] and len(line["build_id"]) == 40
+    assert by_path[str(tmp_path / "truncated.flat")]["verdict"] == "unanalysable"
+    assert "truncated" in by_path[str(tmp_path / "truncated.flat")]["reason"]
+    assert by_path[str(tmp_path / "hangs.kdump")]["verdict"] == "timeout"
+    assert status == 2
+    assert "dumps: " in err and "orphaned-link/error" in err and "timeout 1" in err
+
+
+def test_gnu_parallel_shards_concatenate_into_one_run(tmp_path):
+    """The README's fleet recipe, run for real: GNU parallel runs the
+    shards, their JSON lines concatenate into the lines of one scan."""
+    if not shutil.which("parallel"):
+        pytest.skip("GNU parallel is not installed (scripts/setup.sh installs it)")
+    c = cell("x86_64", "6.1", "orphan")
+    status, whole, _ = scan_lines(str(c.dir), "--jobs", "2")
+    recipe = (f"seq 0 2 | parallel -j 2 {sys.executable} -m drgn_hotplug.cli scan --shard {{}}/3 "
+              f"{c.dir} > {tmp_path}/all.jsonl")
+    subprocess.run(["bash", "-c", recipe], check=False, timeout=900, cwd=Path(__file__).parent.parent)
+    shards = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    strip = lambda lines: sorted((l["path"], l["exit_status"], json.dumps(l["findings"])) for l in lines)
+    assert len(whole) == len(c.dumps) and strip(shards) == strip(whole)
