@@ -212,10 +212,12 @@ def test_gnu_parallel_shards_concatenate_into_one_run(tmp_path):
     if not shutil.which("parallel"):
         pytest.skip("GNU parallel is not installed (scripts/setup.sh installs it)")
     c = cell("x86_64", "6.1", "orphan")
-    status, whole, _ = scan_lines(str(c.dir), "--jobs", "2")
+    kernels_dir = c.vmlinux.parent.parent
+    status, whole, _ = scan_lines(str(c.dir), "--jobs", "2", "--debug-dir", str(kernels_dir))
     recipe = (f"seq 0 2 | parallel -j 2 {sys.executable} -m drgn_hotplug.cli scan --shard {{}}/3 "
-              f"{c.dir} > {tmp_path}/all.jsonl")
+              f"--debug-dir {kernels_dir} {c.dir} > {tmp_path}/all.jsonl")
     subprocess.run(["bash", "-c", recipe], check=False, timeout=900, cwd=Path(__file__).parent.parent)
     shards = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
-    strip = lambda lines: sorted((l["path"], l["exit_status"], json.dumps(l["findings"])) for l in lines)
+    strip = lambda lines: sorted((l["path"], l["exit_status"], json.dumps(l.get("findings"))) for l in lines)
     assert len(whole) == len(c.dumps) and strip(shards) == strip(whole)
+    assert status == 1 and all(line["verdict"] == "findings" for line in whole)
