@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 apt_packages=(
     qemu-system-x86 qemu-system-arm qemu-efi-aarch64 qemu-utils
     busybox-static cpio xz-utils zstd
-    crash makedumpfile
+    crash makedumpfile parallel
     gdb gdb-multiarch python3-tabulate
 )
 
