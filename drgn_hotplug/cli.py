@@ -67,7 +67,7 @@ def render_command(model: Model, command: str, location: Optional[str] = None,
     Pure: shared by this command and the ``memhp`` drgn command.
 
     >>> text, status = render_command(model, "check")     # doctest: +SKIP
-    >>> status
+    >>> status                                             # doctest: +SKIP
     1
     """
     # The model of a 64 TB machine is a million objects: collections during
