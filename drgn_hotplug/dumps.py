@@ -345,12 +345,23 @@ def open_dump(path: str) -> Opened:
     drgn opens ELF and ordinary kdump files itself; flattened streams and
     kdump files whose header lacks the machine (QEMU's) are read here.
     """
-    import drgn
-
     try:
         f = open(path, "rb")
     except OSError as error:
         raise DumpError(f"cannot open {path}: {error.strerror}") from None
+    try:
+        return _open_file(f, path)
+    except DumpError as error:
+        f.close()
+        # A fault found parsing the file names the file, as every other refusal does.
+        if path in str(error):
+            raise
+        raise DumpError(f"cannot open {path}: {error}") from None
+
+
+def _open_file(f, path: str) -> Opened:
+    import drgn
+
     size = os.fstat(f.fileno()).st_size
     container = sniff_format(f.read(16))
     if container == "elf":
