@@ -17,7 +17,6 @@ Run: python3 -m benchmarks.watch [--cells x86_64:6.1:orphan arm64:6.1:orphan]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -30,7 +29,6 @@ from typing import Dict, List
 
 import vmcores
 from drgn_hotplug import cli, watch
-from vmcores.guest import GuestSpec
 from vmcores.scenarios import LiveGuest
 
 RUNS = 30
@@ -38,15 +36,6 @@ IDLE_S = 30
 WATCH_INTERVAL_S = 1
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- watch: benchmarks/watch.py -->", "<!-- /watch -->"
-
-
-def guest_of(cell: vmcores.Cell, events_socket: Path) -> LiveGuest:
-    """The cell's guest (not booted), with a QMP socket for watch's events."""
-    meta = cell.meta
-    kernel_meta = json.loads((Path(meta["kernel_dir"]) / "kernel.json").read_text())
-    spec = GuestSpec(meta["arch"], Path(meta["image"]), cell.dir / "initrd", meta["cmdline"],
-                     ["-qmp", f"unix:{events_socket},server=on,wait=off"])
-    return LiveGuest(spec, kernel_meta, "benchmark")
 
 
 def recheck_costs(cell: vmcores.Cell, guest: LiveGuest) -> Dict[str, float]:
@@ -94,7 +83,7 @@ def measure(key: str) -> Dict[str, object]:
     arch, kernel, scenario = key.split(":")
     cell = vmcores.build_cell(arch, kernel, scenario)
     events_socket = Path(tempfile.mkdtemp(prefix="watch-bench-")) / "events.sock"
-    with guest_of(cell, events_socket) as guest:
+    with vmcores.cells.cell_guest(cell, ("-qmp", f"unix:{events_socket},server=on,wait=off"), "benchmark") as guest:
         row: Dict[str, object] = {"cell": f"{arch} {kernel} ({cell.meta['abi']})"}
         row.update(recheck_costs(cell, guest))
         row.update(idle_watch_cost(cell, guest, events_socket))

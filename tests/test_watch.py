@@ -23,7 +23,6 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 
 import vmcores
-from vmcores.guest import GuestSpec
 from vmcores.scenarios import DIMM_MIB, UNLINK_FUNCTION, LiveGuest, add_two_dimms
 
 pytest.importorskip("drgn")
@@ -111,20 +110,11 @@ class Bed:
         return Watcher(self.guest, self.cell.vmlinux, self.events_socket)
 
 
-def boot_with_events_socket(cell: vmcores.Cell, events_socket: Path) -> LiveGuest:
-    """The cell's guest, not yet booted, with a third QMP socket for watch's events."""
-    meta = cell.meta
-    kernel_meta = json.loads((Path(meta["kernel_dir"]) / "kernel.json").read_text())
-    spec = GuestSpec(meta["arch"], Path(meta["image"]), cell.dir / "initrd", meta["cmdline"],
-                     ["-qmp", f"unix:{events_socket},server=on,wait=off"])
-    return LiveGuest(spec, kernel_meta, "watch")
-
-
 @pytest.fixture(scope="module", params=["x86_64", "arm64"])
 def bed(request, tmp_path_factory):
     cell = vmcores.build_cell(request.param, "6.1", "orphan")
     events_socket = tmp_path_factory.mktemp("watch") / "events.sock"
-    with boot_with_events_socket(cell, events_socket) as guest:
+    with vmcores.cells.cell_guest(cell, ("-qmp", f"unix:{events_socket},server=on,wait=off"), "watch") as guest:
         yield Bed(cell, guest, events_socket)
 
 

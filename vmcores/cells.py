@@ -344,9 +344,17 @@ def start_live(cell: Cell) -> Iterator[LiveGuest]:
     >>> with start_live(cell) as g:                           # doctest: +SKIP
     ...     print(g.drgn_qmp_socket, g.gdb_port)
     """
-    meta = cell.meta
-    spec = GuestSpec(meta["arch"], Path(meta["image"]), cell.dir / "initrd", meta["cmdline"])
-    kernel_meta = json.loads((Path(meta["kernel_dir"]) / "kernel.json").read_text())
-    with LiveGuest(spec, kernel_meta, meta["scenario"]) as g:
-        SCENARIOS[meta["scenario"]].play(g)
+    with cell_guest(cell) as g:
+        SCENARIOS[cell.meta["scenario"]].play(g)
         yield g
+
+
+def cell_guest(cell: Cell, extra_args: tuple[str, ...] = (), scenario: str | None = None) -> LiveGuest:
+    """The cell's guest, not yet booted (a context manager boots it), with
+    extra QEMU arguments (e.g. a further ``-qmp`` socket) and the scenario
+    name its truth records (the cell's own by default)."""
+    meta = cell.meta
+    spec = GuestSpec(meta["arch"], Path(meta["image"]), cell.dir / "initrd", meta["cmdline"],
+                     list(extra_args))
+    kernel_meta = json.loads((Path(meta["kernel_dir"]) / "kernel.json").read_text())
+    return LiveGuest(spec, kernel_meta, scenario or meta["scenario"])
