@@ -16,16 +16,15 @@ import sys
 import time
 
 from . import grow
-from .cells import KERNELS, bed_hash, build_cell, cells_dir, matrix, start_live
+from .cells import ALL_SCENARIOS, KERNELS, bed_hash, build_cell, cells_dir, matrix, start_live
 from .packages import PackageError
 from .qmp import ChannelError
-from .scenarios import SCENARIOS
 
 
 def cell_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", required=True, choices=list(KERNELS))
     parser.add_argument("--kernel", required=True, choices=sorted({k for ks in KERNELS.values() for k in ks}))
-    parser.add_argument("--scenario", required=True, choices=list(SCENARIOS))
+    parser.add_argument("--scenario", required=True, choices=list(ALL_SCENARIOS))
 
 
 def build(args) -> int:
@@ -61,10 +60,10 @@ def list_cells(args) -> int:
     """The matrix, with the cached cell directories of each entry (current code hash marked '*')."""
     for arch, kernel, scenario in matrix():
         built = sorted(cells_dir().glob(f"{arch}-{kernel}-{scenario}-*/cell.json"))
-        names = [p.parent.name + (" *" if p.parent.name.endswith(bed_hash(arch)) else "") for p in built]
+        names = [p.parent.name + (" *" if p.parent.name.endswith(bed_hash(arch, scenario)) else "") for p in built]
         print(f"{arch:7} {kernel:10} {scenario:8} {', '.join(names) or '-'}")
     print(f"(* = built by the current bed code, hashes x86_64 {bed_hash('x86_64')}, "
-          f"arm64 {bed_hash('arm64')}; cache {cells_dir()})")
+          f"arm64 {bed_hash('arm64')}, flavours x86_64 {bed_hash('x86_64', 'offline')}; cache {cells_dir()})")
     return 0
 
 

@@ -31,7 +31,8 @@ from . import dumpfmt
 from .guest import QEMU_KDUMP_FORMATS, X86_CMDLINE, GuestSpec
 from .initramfs import build_initramfs
 from .packages import Kernel, cache_root, fetch_busybox, fetch_kernel, kernels, series
-from .scenarios import SCENARIOS, LiveGuest
+from .flavours import FLAVOURS, Flavour
+from .scenarios import SCENARIOS, LiveGuest, Scenario
 
 # Series ids per arch, from the series table (vmcores.packages.SERIES).
 KERNELS = kernels()
@@ -40,23 +41,39 @@ KERNELS = kernels()
 # (packages are keyed by their version instead), per arch.
 BED_FILES = ("initramfs.py", "guest.py", "scenarios.py", "truth.py", "dumpfmt.py")
 ARCH_BED_FILES = {"x86_64": (), "arm64": ("aarch64.py", "arm64_bed.py")}
+# A flavour cell's hash also covers the flavours' module.
+FLAVOUR_BED_FILES = ("flavours.py",)
+
+# Every scenario by name: the classic ones, then the flavours.
+ALL_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, **FLAVOURS}
 
 
 def matrix() -> list[tuple[str, str, str]]:
-    """Every (arch, kernel, scenario) the bed builds.
+    """Every (arch, kernel, scenario) the bed builds: each classic scenario
+    on every series of its arches, each flavour on the series it names.
 
     >>> matrix()[0], ("x86_64", "7.x", "orphan") in matrix(), ("arm64", "6.12", "boot") in matrix()
     (('x86_64', '5.10', 'boot'), True, False)
+    >>> ("x86_64", "6.1", "offline") in matrix(), ("x86_64", "5.10", "offline") in matrix()
+    (True, False)
     """
     return [(arch, kernel, name) for arch, kernels in KERNELS.items() for kernel in kernels
-            for name, s in SCENARIOS.items() if arch in s.arches]
+            for name, s in ALL_SCENARIOS.items() if runs_on(s, arch, kernel, kernels)]
+
+
+def runs_on(s: Scenario, arch: str, kernel: str, kernels: list[str]) -> bool:
+    if isinstance(s, Flavour):
+        return s.runs_on(arch, kernel, kernels)
+    return arch in s.arches
 
 
 @functools.lru_cache(maxsize=None)
-def bed_hash(arch: str) -> str:
-    """A short hash of the bed's code for one arch (see BED_FILES)."""
+def bed_hash(arch: str, scenario: str = "boot") -> str:
+    """A short hash of the code that makes a cell of ``scenario`` on ``arch``
+    (BED_FILES, the arch's files, and for a flavour FLAVOUR_BED_FILES)."""
     h = hashlib.sha256()
-    for name in BED_FILES + ARCH_BED_FILES[arch]:
+    flavour_files = FLAVOUR_BED_FILES if isinstance(ALL_SCENARIOS.get(scenario), Flavour) else ()
+    for name in BED_FILES + ARCH_BED_FILES[arch] + flavour_files:
         path = Path(__file__).with_name(name)
         if path.exists():
             h.update(name.encode() + b"\0" + path.read_bytes())
@@ -119,7 +136,7 @@ def build_cell(arch: str, kernel: str, scenario: str) -> Cell:
     """Build (or reuse from cache) one cell and return it."""
     check_combination(arch, kernel, scenario)
     k = fetch_kernel(arch, kernel)
-    name = f"{arch}-{kernel}-{scenario}-{k.version}-{bed_hash(arch)}"
+    name = f"{arch}-{kernel}-{scenario}-{k.version}-{bed_hash(arch, scenario)}"
     final = cells_dir() / name
     cells_dir().mkdir(parents=True, exist_ok=True)
     # Parallel test sessions may ask for the same cell: one builds, the others wait.
@@ -165,7 +182,7 @@ def cell_key(name: str) -> tuple[str, str, str]:
 
 def guest_spec(k: Kernel, scenario: str, workdir: Path) -> GuestSpec:
     """Boot parameters of a cell's guest; writes its initrd into ``workdir``."""
-    s = SCENARIOS[scenario]
+    s = ALL_SCENARIOS[scenario]
     modules = k.modules_in_load_order(["qemu_fw_cfg", *s.modules])
     initrd = workdir / "initrd"
     cpio = build_initramfs(fetch_busybox(k.arch), modules)
@@ -177,7 +194,8 @@ def guest_spec(k: Kernel, scenario: str, workdir: Path) -> GuestSpec:
     else:
         cmdline = X86_CMDLINE
     initrd.write_bytes(cpio)
-    return GuestSpec(k.arch, k.image, initrd, f"{cmdline} {s.cmdline}".strip())
+    extra_args = s.qemu_args(k.arch) if isinstance(s, Flavour) else []
+    return GuestSpec(k.arch, k.image, initrd, f"{cmdline} {s.cmdline}".strip(), extra_args)
 
 
 def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
@@ -185,9 +203,12 @@ def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
     (renamed ``final`` once complete)."""
     started = time.monotonic()
     spec = guest_spec(k, scenario, work)
+    s = ALL_SCENARIOS[scenario]
     with LiveGuest(spec, k.meta, scenario) as g:
-        SCENARIOS[scenario].play(g)
+        s.play(g)
         truth = g.truth()
+        if isinstance(s, Flavour):
+            truth["flavour"] = s.flavour_truth(g)
         qemu_dumps = g.dump_all(work / "raw.elf", work)
         (work / "console.log").write_text(g.console_text)
         argv, kaslr_offset = g.argv, g.kaslr_offset
@@ -200,7 +221,7 @@ def make_cell(k: Kernel, scenario: str, work: Path, final: Path) -> None:
         "vmlinux": str(k.vmlinux), "kernel_dir": str(k.dir), "image": str(k.image),
         "initrd": str(final / "initrd"),
         "qemu_argv": argv, "cmdline": spec.cmdline, "kaslr_offset": kaslr_offset,
-        "scenario": scenario, "scenario_hash": bed_hash(k.arch), "qemu_version": qemu_version(k.arch),
+        "scenario": scenario, "scenario_hash": bed_hash(k.arch, scenario), "qemu_version": qemu_version(k.arch),
     }
     convert_start = time.monotonic()
     meta.update(convert_dumps(work / "raw.elf", work, k, qemu_dumps))
@@ -345,7 +366,7 @@ def start_live(cell: Cell) -> Iterator[LiveGuest]:
     ...     print(g.drgn_qmp_socket, g.gdb_port)
     """
     with cell_guest(cell) as g:
-        SCENARIOS[cell.meta["scenario"]].play(g)
+        ALL_SCENARIOS[cell.meta["scenario"]].play(g)
         yield g
 
 
@@ -354,7 +375,9 @@ def cell_guest(cell: Cell, extra_args: tuple[str, ...] = (), scenario: str | Non
     extra QEMU arguments (e.g. a further ``-qmp`` socket) and the scenario
     name its truth records (the cell's own by default)."""
     meta = cell.meta
+    s = ALL_SCENARIOS[meta["scenario"]]
+    flavour_args = s.qemu_args(meta["arch"]) if isinstance(s, Flavour) else []
     spec = GuestSpec(meta["arch"], Path(meta["image"]), cell.dir / "initrd", meta["cmdline"],
-                     list(extra_args))
+                     [*flavour_args, *extra_args])
     kernel_meta = json.loads((Path(meta["kernel_dir"]) / "kernel.json").read_text())
     return LiveGuest(spec, kernel_meta, scenario or meta["scenario"])

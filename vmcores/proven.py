@@ -44,7 +44,7 @@ def load() -> dict:
 
 def built_cell_meta(arch: str, kernel: str, scenario: str) -> dict | None:
     """cell.json of the newest cell built by the current bed code, if any."""
-    built = sorted(cells_dir().glob(f"{arch}-{kernel}-{scenario}-*-{bed_hash(arch)}/cell.json"),
+    built = sorted(cells_dir().glob(f"{arch}-{kernel}-{scenario}-*-{bed_hash(arch, scenario)}/cell.json"),
                    key=lambda p: p.stat().st_mtime)
     return json.loads(built[-1].read_text()) if built else None
 

@@ -185,11 +185,10 @@ def modules_with_deps(k: Kernel, roots: tuple[str, ...]) -> list[Path]:
 def live_guest_spec(k: Kernel, scenario: str, disk: Path, workdir: Path) -> GuestSpec:
     """A cell's guest spec (cells.guest_spec) with the userland disk attached
     read-only and its modules appended to the initrd."""
-    from .cells import guest_spec
-    from .scenarios import SCENARIOS
+    from .cells import ALL_SCENARIOS, guest_spec
 
     spec = guest_spec(k, scenario, workdir)
-    cell_modules = [m.name for m in k.modules_in_load_order(["qemu_fw_cfg", *SCENARIOS[scenario].modules])]
+    cell_modules = [m.name for m in k.modules_in_load_order(["qemu_fw_cfg", *ALL_SCENARIOS[scenario].modules])]
     spec.initrd.write_bytes(spec.initrd.read_bytes() + disk_modules_cpio(k, cell_modules))
     spec.extra_args += ["-drive", f"file={disk},if=none,id=userland,format=raw,readonly=on",
                         "-device", "virtio-blk-pci,drive=userland"]
