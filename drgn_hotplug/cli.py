@@ -180,6 +180,8 @@ def open_target(core: Optional[str] = None, qemu: Optional[str] = None,
                                        debuginfo.search_roots(debug_dirs))
         symbols = [found] if found else []
     _load_kernel_debug_info(prog, symbols, _looked_for(wanted, debug_dirs))
+    if core is not None:
+        dumps.map_vmcoreinfo_safe_copy(prog)   # a kdump kernel's /proc/vmcore
     return prog, dump_format
 
 
@@ -372,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
             child.add_argument("location", metavar="PFN|0xADDR")
         _add_common(child, lambda value: argparse.SUPPRESS)
     _add_watch(sub)
+    _add_map(sub)
     # Parsed by scan.main (main hands it the arguments): listed here for --help.
     sub.add_parser("scan", help="check many dumps (files or directories), one JSON line each, "
                    "then a summary (see drgn-hotplug scan --help)", add_help=False)
@@ -395,6 +398,51 @@ def _add_watch(sub) -> None:
                        help="with --qemu: a second QMP socket of the guest to read its events from "
                        "(QMP serves one client per socket and drgn holds the --qemu one)")
     _add_common(child, lambda value: argparse.SUPPRESS)
+
+
+def _add_map(sub) -> None:
+    child = sub.add_parser(
+        "map", help="draw the physical address space with the findings (-o FILE.html or .svg)",
+        description="Write one self-contained page (no network) of the physical address space: "
+        "bands per node with the present sections, subsection maps, memblock.memory and "
+        "reserved (NOMAP marked), memory blocks, and every finding over its range or block; "
+        "holes squeezed. Hover or click a range (HTML) for its explain facts; the SVG has "
+        "tooltips. Prints one line naming the file (with --json, check's document).",
+        epilog="exit status: as check's (0 clean, 1 warnings or errors, 2 could not analyse)")
+    child.add_argument("-o", "--output", metavar="FILE", required=True, type=_map_output,
+                       help="the page to write: FILE.html (or .htm) or FILE.svg")
+    _add_common(child, lambda value: argparse.SUPPRESS)
+
+
+def _map_output(path: str) -> str:
+    """``map -o`` FILE, refused before the kernel is opened when its suffix names no format."""
+    from . import physmap
+
+    try:
+        physmap.format_of(path)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return path
+
+
+def _map(model: Model, args: argparse.Namespace) -> Tuple[str, int]:
+    """``drgn-hotplug map -o FILE``: (output text, check's exit status)."""
+    from . import physmap
+
+    with collector_paused():
+        model, findings = checks.checked(model)
+        try:
+            picture = physmap.write(args.output, model, findings)
+        except (OSError, ValueError) as error:
+            raise Unanalysable(f"cannot write {args.output}: {first_line(error)}") from error
+    status = report.exit_status(findings)
+    drawn = len(picture.finding_boxes())
+    if args.json:
+        extra = {"map": {"file": args.output, "findings_drawn": drawn}}
+        return report.json_text(report.document(model, findings, command="map",
+                                                version=report.package_version(),
+                                                extra=extra)), status
+    return f"{args.output}: {drawn} findings drawn ({report.render_kernel(model.kernel)})", status
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -442,8 +490,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                                           debug_dirs=args.debug_dir)
         model = read_model_checked(prog)
         model.kernel = dataclasses.replace(model.kernel, dump_format=dump_format)
-        text, status = render_command(model, args.command, getattr(args, "location", None),
-                                      as_json=args.json, version=report.package_version())
+        if args.command == "map":
+            text, status = _map(model, args)
+        else:
+            text, status = render_command(model, args.command, getattr(args, "location", None),
+                                          as_json=args.json, version=report.package_version())
     except Unanalysable as error:
         if args.debug:
             traceback.print_exc()
