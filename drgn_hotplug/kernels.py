@@ -340,3 +340,42 @@ def decode_section_flags(section_mem_map: int, bits: Dict[str, int]) -> frozense
     ['HAS_MEM_MAP', 'IS_EARLY', 'MARKED_PRESENT']
     """
     return frozenset(name for name, bit in bits.items() if section_mem_map >> bit & 1)
+
+
+# What sysfs shows of a memory block (drivers/base/memory.c), for ``lsmem``.
+
+def sysfs_removable(version: Version, hotremove: bool) -> Optional[bool]:
+    """``memoryN/removable``: since v5.7 (53cdc1cb29e8 "drivers/base/memory.c:
+    indicate all memory blocks as removable") ``IS_ENABLED(CONFIG_MEMORY_HOTREMOVE)``
+    for every block; before, ``is_mem_section_removable()`` of the block's
+    pages, which the model does not read (None).
+
+    >>> sysfs_removable((6, 1, 0), True), sysfs_removable((5, 4, 0), True)
+    (True, None)
+    """
+    return hotremove if version >= (5, 7, 0) else None
+
+
+def has_valid_zones(hotremove: bool) -> bool:
+    """Whether memory blocks have ``valid_zones`` (v3.18, "memory-hotplug:
+    add sysfs valid_zones attribute"): it is built only
+    with CONFIG_MEMORY_HOTREMOVE (an #ifdef in drivers/base/memory.c)."""
+    return hotremove
+
+
+def block_keeps_zone(version: Version) -> bool:
+    """Whether an online block's ``valid_zones`` is ``mem->zone`` (its single
+    zone, NULL for "none"): v5.18, 395f6081bad4 "drivers/base/memory:
+    determine and store zone for single-zone memory blocks". Before, it was
+    ``test_pages_in_a_zone()``: the one zone of the block's pages, or none.
+
+    >>> block_keeps_zone((5, 18, 0)), block_keeps_zone((5, 10, 0))
+    (True, False)
+    """
+    return version >= (5, 18, 0)
+
+
+# memory_hotplug.online_policy=auto-movable (v5.15, e83a437faa62
+# "mm/memory_hotplug: introduce "auto-movable" online policy") picks the zone
+# of an offline block from memory groups and the movable/kernel ratio.
+AUTO_MOVABLE_POLICY = "auto-movable"

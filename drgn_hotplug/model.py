@@ -352,6 +352,35 @@ class NodeLink:
 
 
 @dataclass(frozen=True)
+class Zone:
+    """One ``struct zone`` of a node's ``node_zones[]``: ``index`` is its
+    ``enum zone_type`` value, ``name`` the kernel's (``"DMA32"``, ``"Movable"``).
+    A zone is empty when ``spanned_pages`` is 0."""
+
+    nid: int
+    index: int
+    name: str
+    start_pfn: int
+    spanned_pages: int
+
+    @property
+    def end_pfn(self) -> int:
+        return self.start_pfn + self.spanned_pages
+
+
+@dataclass(frozen=True)
+class HotplugSettings:
+    """How the kernel decides memory hotplug questions sysfs answers
+    (``removable``, ``valid_zones``): CONFIG_MEMORY_HOTREMOVE, the
+    ``movable_node`` boot option and ``memory_hotplug.online_policy``
+    (None before v5.15, which had only the contiguous-zones policy)."""
+
+    hotremove: bool
+    movable_node: bool
+    online_policy: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Unreadable:
     """Something a reader could not read, and why."""
 
@@ -389,6 +418,10 @@ class Model:
     node_spans: Dict[int, Tuple[int, int]] = field(default_factory=dict)
     misread: Tuple[str, ...] = ()
     cross_checked: bool = False
+    # Zones of the online nodes and the hotplug settings, for what sysfs
+    # shows of memory blocks (``lsmem``); empty / None from readers that skip them.
+    zones: List[Zone] = field(default_factory=list)
+    hotplug: Optional[HotplugSettings] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict (frozensets become sorted lists), the one

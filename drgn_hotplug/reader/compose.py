@@ -18,6 +18,7 @@ from .mmzone import mem_section_roots, read_sections, section_layout
 from .node import read_node_spans, read_nodes
 from .page import read_page_nids
 from .target import PageCache, Target
+from .zone import read_hotplug_settings, read_zones
 
 
 def read_model(target: Target) -> Model:
@@ -69,7 +70,9 @@ def _read_model(target: Target) -> Model:
     return Model(kernel=facts, sections=sections, memblock_memory=memory,
                  memblock_reserved=reserved, blocks=blocks, nodes=nodes, links=links,
                  page_nids=page_nids, unreadable=unreadable,
-                 node_spans=read_node_spans(target, facts, nodes, unreadable))
+                 node_spans=read_node_spans(target, facts, nodes, unreadable),
+                 zones=read_zones(target, facts, nodes, unreadable),
+                 hotplug=read_hotplug_settings(target, unreadable))
 
 
 # CONFIG_NR_CPUS can be at most 8192 (x86 MAXSMP; arm64 allows 4096).
