@@ -374,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
             child.add_argument("location", metavar="PFN|0xADDR")
         _add_common(child, lambda value: argparse.SUPPRESS)
     _add_watch(sub)
+    _add_lsmem(sub)
     _add_map(sub)
     # Parsed by scan.main (main hands it the arguments): listed here for --help.
     sub.add_parser("scan", help="check many dumps (files or directories), one JSON line each, "
@@ -472,6 +473,41 @@ def _watch(args: argparse.Namespace) -> int:
                        as_json=args.json, interval=args.interval)
 
 
+def _add_lsmem(sub) -> None:
+    from . import lsmem
+
+    child = sub.add_parser(
+        "lsmem", help="what util-linux lsmem would print on the analysed kernel",
+        description="Print what util-linux 2.38.1's lsmem would have printed on the analysed "
+        "kernel (dump, running kernel or QEMU guest): its memory blocks' ranges, state, "
+        "removable, node and zones, merged and summed as lsmem does, with lsmem's options.",
+        epilog=lsmem.COLUMNS_HELP + ". exit status: 0, or 2 when the kernel could not be read")
+    lsmem.add_arguments(child)
+    _add_common(child, lambda value: argparse.SUPPRESS)
+
+
+def _lsmem(args: argparse.Namespace) -> int:
+    """``drgn-hotplug lsmem``: lsmem's output from the model of the target."""
+    from . import lsmem
+
+    try:
+        options = lsmem.options_from(args)
+        prog, _ = open_target(core=args.core, qemu=args.qemu, symbols=args.symbols,
+                              debug_dirs=args.debug_dir)
+        text = lsmem.render_model(read_model_checked(prog), options)
+    except (Unanalysable, lsmem.LsmemError) as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"drgn-hotplug: lsmem: {error}", file=sys.stderr)
+        return report.EXIT_UNANALYSABLE
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        sys.stderr.close()
+    return report.EXIT_CLEAN
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["scan"]:
@@ -485,6 +521,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         logging.getLogger("drgn").setLevel(logging.ERROR)
     if args.command == "watch":
         return _watch(args)
+    if args.command == "lsmem":
+        return _lsmem(args)
     try:
         prog, dump_format = open_target(core=args.core, qemu=args.qemu, symbols=args.symbols,
                                           debug_dirs=args.debug_dir)

@@ -5,6 +5,7 @@ point (importing this module registers it).
     >>> %memhp check                             # drgn 0.3.0 prompts take commands after "%"
     >>> %memhp explain 0x40000000 --json
     >>> %memhp watch                             # re-check on each memory change; Ctrl-C ends it
+    >>> %memhp lsmem -o +NODE,ZONES              # what util-linux lsmem would print
     >>> run_command(prog, "memhp links")        # from a script; returns the exit status
 
 The sub-commands and their output are those of ``drgn-hotplug``. ``watch``
@@ -24,7 +25,7 @@ from drgn import Program
 from drgn.commands import CommandError, argument
 from drgn.commands.linux import linux_kernel_command
 
-from . import report, watch
+from . import lsmem, report, watch
 from .cli import COMMANDS, Unanalysable, read_model_checked, render_command
 from .watch import DEFAULT_INTERVAL_S
 
@@ -35,7 +36,7 @@ from .watch import DEFAULT_INTERVAL_S
     "check), sections, memblock, blocks, links, or explain PFN|0xADDR. Returns the "
     "exit status drgn-hotplug would: 0 clean, 1 warnings or errors.",
     arguments=(
-        argument("subcommand", choices=COMMANDS + ("watch",), help="what to run"),
+        argument("subcommand", choices=COMMANDS + ("watch", "lsmem"), help="what to run"),
         argument("location", nargs="?", metavar="PFN|0xADDR",
                  help="for explain: a decimal pfn or a 0x physical address"),
         argument("--json", action="store_true", help="print the JSON document"),
@@ -43,6 +44,8 @@ from .watch import DEFAULT_INTERVAL_S
                  help="for watch: re-check this often without events"),
         argument("--qmp-events", metavar="SOCKET",
                  help="for watch on a QEMU guest: a second QMP socket of the guest for its events"),
+        # lsmem's own options, for %memhp lsmem.
+        *(argument(*flags, **keywords) for flags, keywords in lsmem.ARGUMENTS),
     ),
 )
 def _cmd_memhp(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> int:
@@ -50,6 +53,8 @@ def _cmd_memhp(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any
         raise CommandError("memhp explain needs a PFN or 0xADDR")
     if args.subcommand == "watch":
         return _watch(prog, args)
+    if args.subcommand == "lsmem":
+        return _lsmem(prog, args)
     try:
         text, status = render_command(read_model_checked(prog), args.subcommand,
                                       args.location, as_json=args.json,
@@ -58,6 +63,17 @@ def _cmd_memhp(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any
         raise CommandError(str(error)) from error
     print(text)
     return status
+
+
+def _lsmem(prog: Program, args: argparse.Namespace) -> int:
+    """``memhp lsmem``: what lsmem would print on this program's kernel."""
+    if args.location is not None:
+        raise CommandError(f"memhp lsmem takes options only, not {args.location!r}")
+    try:
+        sys.stdout.write(lsmem.render_model(read_model_checked(prog), lsmem.options_from(args)))
+    except (Unanalysable, lsmem.LsmemError) as error:
+        raise CommandError(f"lsmem: {error}") from error
+    return report.EXIT_CLEAN
 
 
 def _watch(prog: Program, args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ if os.path.isfile(os.path.join(_PACKAGE_PARENT, "drgn_hotplug", "__init__.py")) 
     sys.path.insert(0, _PACKAGE_PARENT)
 
 try:
-    from drgn_hotplug import checks, cli, gdb_reader, report
+    from drgn_hotplug import checks, cli, gdb_reader, lsmem, report
     from drgn_hotplug.reader.target import ReadError
 except ImportError as _error:  # a missing dependency must say how to get it, in one line
     _IMPORT_ERROR = (
@@ -72,6 +72,7 @@ class Memhp(gdb.Command):
 
 memhp check|sections|memblock|blocks|links [--json]
 memhp explain PFN|0xPHYSADDR [--json]
+memhp lsmem [lsmem's options]
 memhp kaslr"""
 
     def __init__(self):
@@ -99,6 +100,28 @@ class MemhpReport(gdb.Command):
         except cli.Unanalysable as error:
             raise gdb.GdbError(f"memhp {self.report}: {error}") from None
         gdb.write(text if text.endswith("\n") else text + "\n")
+
+
+class MemhpLsmem(gdb.Command):
+    """Print what util-linux lsmem would print on the analysed kernel.
+Usage: memhp lsmem [-J|--json] [-P] [-r] [-a] [-b] [-n] [-o LIST] [--output-all] [-S LIST] [--summary[=WHEN]]"""
+
+    def __init__(self):
+        super().__init__("memhp lsmem", gdb.COMMAND_DATA)
+
+    def invoke(self, argument, from_tty):
+        try:
+            options = lsmem.options_from(lsmem.parser("memhp lsmem").parse_args(
+                gdb.string_to_argv(argument)))
+        except SystemExit:  # argparse printed the usage or the error
+            raise gdb.GdbError("memhp lsmem: see the usage above") from None
+        except lsmem.LsmemError as error:
+            raise gdb.GdbError(f"memhp lsmem: {error}") from None
+        try:
+            text = lsmem.render_model(read_model(), options)
+        except lsmem.LsmemError as error:
+            raise gdb.GdbError(f"memhp lsmem: {error}") from None
+        gdb.write(text)
 
 
 class MemhpKaslr(gdb.Command):
@@ -191,6 +214,7 @@ def _register():
     Memhp()
     for name in cli.COMMANDS:
         MemhpReport(name)
+    MemhpLsmem()
     MemhpKaslr()
     cache = _ModelCache()
     PfnValid(cache)

@@ -241,7 +241,9 @@ class Options:
 # sub-command, %memhp lsmem and gdb's memhp lsmem all take these (-J's long
 # form is their own --json).
 ARGUMENTS: Tuple[Tuple[Tuple[str, ...], Dict], ...] = (
-    (("-J",), {"dest": "json", "action": "store_true", "help": "use JSON output format"}),
+    # SUPPRESS: a sub-command's default would undo drgn-hotplug's own --json.
+    (("-J",), {"dest": "json", "action": "store_true", "default": argparse.SUPPRESS,
+               "help": "use JSON output format"}),
     (("-P", "--pairs"), {"action": "store_true", "help": 'use key="value" output format'}),
     (("-a", "--all"), {"action": "store_true", "dest": "list_all",
                        "help": "list each individual memory block"}),
@@ -286,11 +288,12 @@ def parse_options(argv: Sequence[str]) -> Options:
 
 def options_from(args: argparse.Namespace) -> Options:
     """Options from parsed arguments, as lsmem.c's main() settles them."""
-    if sum(map(bool, (args.json, args.pairs, args.raw))) > 1:
+    json = getattr(args, "json", False)
+    if sum(map(bool, (json, args.pairs, args.raw))) > 1:
         raise LsmemError("mutually exclusive arguments: --json --pairs --raw")
     if args.split is not None and args.list_all:
         raise LsmemError("mutually exclusive arguments: --all --split")
-    fmt = "json" if args.json else "pairs" if args.pairs else "raw" if args.raw else "human"
+    fmt = "json" if json else "pairs" if args.pairs else "raw" if args.raw else "human"
     want_table = args.summary != "only"
     # -J, -P and -r turn the summary off; --summary=always turns it back on.
     want_summary = args.summary == "always" or (fmt == "human" and args.summary != "never")
