@@ -379,3 +379,39 @@ def block_keeps_zone(version: Version) -> bool:
 # "mm/memory_hotplug: introduce "auto-movable" online policy") picks the zone
 # of an offline block from memory groups and the movable/kernel ratio.
 AUTO_MOVABLE_POLICY = "auto-movable"
+
+
+# ---------------------------------------------------------------- iomem resources
+
+def iomem_flag_bits(version: Version) -> Dict[str, int]:
+    """The ``struct resource`` flag bits (include/linux/ioport.h macros, not in
+    DWARF) drgn-hotplug reads: IORESOURCE_MEM, IORESOURCE_BUSY,
+    IORESOURCE_SYSRAM (v4.6, 9babd5c8caa6 'resource: Add System RAM resource
+    type') and the driver-managed bit: IORESOURCE_MEM_DRIVER_MANAGED (1<<7)
+    from v5.8 (7b7b27214bba 'mm/memory_hotplug: introduce
+    add_memory_driver_managed()'), moved to IORESOURCE_SYSRAM_DRIVER_MANAGED
+    0x02000000 in v5.10 (7cf603d17d1c 'kernel/resource: move and rename
+    IORESOURCE_MEM_DRIVER_MANAGED').
+
+    >>> iomem_flag_bits((6, 1, 0))["DRIVER_MANAGED"], iomem_flag_bits((5, 9, 0))["DRIVER_MANAGED"]
+    (33554432, 128)
+    >>> "SYSRAM" in iomem_flag_bits((4, 4, 0))
+    False
+    """
+    bits = {"MEM": 0x200, "BUSY": 0x80000000}
+    if version >= (4, 6, 0):
+        bits["SYSRAM"] = 0x01000000
+    if version >= (5, 10, 0):
+        bits["DRIVER_MANAGED"] = 0x02000000
+    elif version >= (5, 8, 0):
+        bits["DRIVER_MANAGED"] = 1 << 7
+    return bits
+
+
+def iomem_flag_names(flags: int, bits: Dict[str, int]) -> Tuple[str, ...]:
+    """The names of ``bits`` set in a resource's ``flags``, low bit first.
+
+    >>> iomem_flag_names(0x83000200, iomem_flag_bits((6, 1, 0)))
+    ('MEM', 'SYSRAM', 'DRIVER_MANAGED', 'BUSY')
+    """
+    return tuple(name for name, bit in sorted(bits.items(), key=lambda kv: kv[1]) if flags & bit)

@@ -381,6 +381,33 @@ class HotplugSettings:
 
 
 @dataclass(frozen=True)
+class IomemResource:
+    """One ``struct resource`` of the ``iomem_resource`` tree, a /proc/iomem line.
+
+    ``end`` is inclusive, as the kernel and /proc/iomem keep it; ``depth``
+    is the nesting level (0 for the root's children); ``flag_names`` are
+    the IORESOURCE_* bits drgn-hotplug looks at (kernels.iomem_flag_names),
+    e.g. ("MEM", "SYSRAM", "DRIVER_MANAGED", "BUSY") for memory dax_kmem added.
+    """
+
+    start: int
+    end: int
+    name: str
+    flags: int
+    depth: int
+    address: int
+    flag_names: Tuple[str, ...] = ()
+
+    @property
+    def system_ram(self) -> bool:
+        return "SYSRAM" in self.flag_names
+
+    @property
+    def driver_managed(self) -> bool:
+        return "DRIVER_MANAGED" in self.flag_names
+
+
+@dataclass(frozen=True)
 class Unreadable:
     """Something a reader could not read, and why."""
 
@@ -404,6 +431,8 @@ class Model:
     found misread for this kernel (most objects disagree with the copy the
     kernel keeps elsewhere): no check draws a finding from them.
     ``cross_checked`` is True once that comparison ran.
+    ``iomem`` is the ``iomem_resource`` tree in /proc/iomem order (empty
+    when a reader does not read it).
     """
 
     kernel: KernelFacts
@@ -418,6 +447,7 @@ class Model:
     node_spans: Dict[int, Tuple[int, int]] = field(default_factory=dict)
     misread: Tuple[str, ...] = ()
     cross_checked: bool = False
+    iomem: List[IomemResource] = field(default_factory=list)
     # Zones of the online nodes and the hotplug settings, for what sysfs
     # shows of memory blocks (``lsmem``); empty / None from readers that skip them.
     zones: List[Zone] = field(default_factory=list)

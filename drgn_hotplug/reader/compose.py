@@ -10,6 +10,7 @@ from typing import Iterator, List
 
 from ..model import KernelFacts, Model, Unreadable
 from .facts import read_kernel_facts
+from .iomem import read_iomem
 from .kernfs import KernfsReader, kernfs_layout
 from .links import read_links
 from .memblock import read_memblock
@@ -70,6 +71,7 @@ def _read_model(target: Target) -> Model:
     return Model(kernel=facts, sections=sections, memblock_memory=memory,
                  memblock_reserved=reserved, blocks=blocks, nodes=nodes, links=links,
                  page_nids=page_nids, unreadable=unreadable,
+                 iomem=read_iomem(target, facts, unreadable),
                  node_spans=read_node_spans(target, facts, nodes, unreadable),
                  zones=read_zones(target, facts, nodes, unreadable),
                  hotplug=read_hotplug_settings(target, unreadable))
