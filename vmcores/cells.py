@@ -183,7 +183,8 @@ def cell_key(name: str) -> tuple[str, str, str]:
 def guest_spec(k: Kernel, scenario: str, workdir: Path) -> GuestSpec:
     """Boot parameters of a cell's guest; writes its initrd into ``workdir``."""
     s = ALL_SCENARIOS[scenario]
-    modules = k.modules_in_load_order(["qemu_fw_cfg", *s.modules])
+    roots = s.boot_modules(k) if isinstance(s, Flavour) else s.modules
+    modules = k.modules_in_load_order(["qemu_fw_cfg", *roots])
     initrd = workdir / "initrd"
     cpio = build_initramfs(fetch_busybox(k.arch), modules)
     if k.arch == "arm64":
