@@ -217,7 +217,8 @@ class Box:
 
 @dataclass
 class PhysMap:
-    """The planned picture: its layout, every mark and where it goes."""
+    """The planned picture: its layout, every mark and where it goes
+    (``boxes`` in drawing order)."""
 
     title: str
     subtitle: List[str]
@@ -505,6 +506,10 @@ def plan(model: Model, findings: Sequence[Finding]) -> PhysMap:
             mark.facts = explainer(mark.start, mark.end, mark.node)
     layout = Layout.of(RangeSet((m.start, m.end) for m in marks))
     boxes, labels, y = _stack(layout, marks, HEADER)
+    # Drawing order: ranges, then findings widest first, so a finding
+    # widened to stay visible is never hidden under a wide neighbour.
+    boxes.sort(key=lambda box: (box.mark.finding is not None,
+                                -box.width if box.mark.finding is not None else 0))
     unplaced_boxes, y = _unplaced(unplaced, y, labels)
     counts = report.summary(findings)
     subtitle = [report.render_kernel(model.kernel),
