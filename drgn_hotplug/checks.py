@@ -32,13 +32,14 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import kernels, selfcheck
 from .model import (TAINT_ZONE_DEVICE, Finding, FlagTest, KernelFacts, MemblockRegion,
-                    MemblockType, MemoryBlock, Model, NodeLink, Section, SectionTable,
+                    MemblockType, MemoryBlock, MemoryGroup, Model, NodeLink, Section, SectionTable,
                     early_section, valid_section)
 from .ranges import (RangeSet, consecutive_runs, from_ascending_section_numbers, from_byte_regions,
                      labelled_runs, subsection_ranges)
@@ -51,9 +52,11 @@ ORPHANED_LINK = "orphaned-link"
 MISSING_LINK = "missing-link"
 WRONG_NODE_LINK = "wrong-node-link"
 UNREADABLE = "unreadable"
+MEMORY_GROUP_MISMATCH = "memory-group-mismatch"
 
 KINDS = (PFN_VALID_MISMATCH, NOT_LINEAR_MAPPED, MEMBLOCK_WITHOUT_MEMMAP,
-         MEMMAP_WITHOUT_MEMBLOCK, ORPHANED_LINK, MISSING_LINK, WRONG_NODE_LINK, UNREADABLE)
+         MEMMAP_WITHOUT_MEMBLOCK, ORPHANED_LINK, MISSING_LINK, WRONG_NODE_LINK, UNREADABLE,
+         MEMORY_GROUP_MISMATCH)
 # The kinds drawn from the sections alone: none when their decoding is misread.
 RANGE_KINDS = KINDS[:4]
 
@@ -693,6 +696,128 @@ def _missing_link_finding(ctx: _Context, links: _Links, block, nid: int,
                    node=nid, block=block.id, facts=facts)
 
 
+# ------------------------------------------------------------------ memory groups
+
+def check_memory_groups(ctx: _Context) -> List[Finding]:
+    """Blocks against their memory groups (v5.15, 028fc57a1c36): a block
+    added for a group (virtio-mem, dax_kmem: add_memory_driver_managed()
+    with MHP_NID_IS_MGID, so on the group's node) points
+    ``memory_block.group`` at it and is on its ``memory_blocks`` list
+    (init_memory_block()); remove_memory_block() undoes both. A block on one
+    side only, a list entry that is no memory block, or a block on another
+    node than its group breaks that rule."""
+    model = ctx.model
+    groups = {g.address: g for g in model.memory_groups}
+    listed = {block_id: g for g in model.memory_groups for block_id in g.blocks}
+    findings = []
+    for block in model.blocks:
+        address = model.block_groups.get(block.id)
+        group = groups.get(address) if address is not None else None
+        problems = []
+        if group is not None and block.id not in group.blocks:
+            problems.append(f"memory_block.group is {address:#x}, but the block is not on that "
+                            "group's memory_blocks list")
+        other = listed.get(block.id)
+        if other is not None and other.address != address:
+            problems.append(f"on the memory_blocks list of group {other.address:#x}, but "
+                            f"memory_block.group is {_hex_or_null(address)}")
+        if group is not None and _valid_nid(block.nid, ctx.kernel) and block.nid != group.nid:
+            problems.append(f"the block is on node{block.nid}, its memory group on "
+                            f"node{group.nid} (the node add_memory_driver_managed() used)")
+        if problems:
+            findings.append(_group_finding(block.id, block.nid, "; ".join(problems),
+                                           {"block": _block_facts(block), "memory_block_group": address,
+                                            "memory_group": group_facts(group or other)}))
+    if not selfcheck.blocks_incomplete(model):
+        for group in model.memory_groups:
+            for stranger in group.strangers:
+                findings.append(_group_finding(
+                    None, group.nid, f"memory group {group.address:#x} lists {stranger:#x}, which "
+                    "is no registered memory block (removed without remove_memory_block()'s list_del?)",
+                    {"memory_block": stranger, "memory_group": group_facts(group)}))
+    return findings
+
+
+def _group_finding(block: Optional[int], nid: Optional[int], reason: str,
+                   facts: Dict[str, Any]) -> Finding:
+    return Finding(kind=MEMORY_GROUP_MISMATCH, severity="error", reason=reason,
+                   node=nid, block=block, facts=facts)
+
+
+def _hex_or_null(address: Optional[int]) -> str:
+    return "NULL" if not address else f"{address:#x}"
+
+
+def _block_facts(block: MemoryBlock) -> Dict[str, Any]:
+    return {"id": block.id, "address": block.address, "nid": block.nid, "state": block.state,
+            "zone": block.zone}
+
+
+def group_facts(group: Optional[MemoryGroup]) -> Optional[Dict[str, Any]]:
+    """A memory group's fields, JSON-ready (None for no group)."""
+    if group is None:
+        return None
+    return {"address": group.address, "nid": group.nid,
+            "kind": "dynamic" if group.is_dynamic else "static",
+            "unit_pages": group.unit_pages, "max_pages": group.max_pages,
+            "present_kernel_pages": group.present_kernel_pages,
+            "present_movable_pages": group.present_movable_pages,
+            "blocks": list(group.blocks), "strangers": list(group.strangers)}
+
+
+def block_flavour(model: Model, block_id: int) -> Optional[Dict[str, Any]]:
+    """How a block was hot-plugged beyond a plain DIMM, None for a plain
+    one: the driver managing it (the driver-managed "System RAM (driver)"
+    resource of /proc/iomem covering it, e.g. virtio_mem or kmem), its
+    memory group, and for an online block of a group its PageOffline pages
+    (virtio-mem's unplugged sub-blocks) against the rest (plugged).
+
+    >>> kernel = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27,
+    ...                      1024, True, True, False)
+    >>> discarded = MemblockType("memory", 0, 0, 128, (), False, "discarded")
+    >>> m = Model(kernel, [], discarded, discarded, [MemoryBlock(33, 0x10, 264, "online", 1)], [], [],
+    ...           memory_groups=[MemoryGroup(0x20, 1, True, 32768, None, 0, 18432, (33,))],
+    ...           block_groups={33: 0x20}, offline_runs={33: ((0x10c800, 0x110000),)})
+    >>> f = block_flavour(m, 33); f["managed_by"], f["plugged_pages"], f["page_offline_pages"]
+    ('dynamic memory group (virtio-mem)', 18432, 14336)
+    """
+    group_address = model.block_groups.get(block_id)
+    groups = {g.address: g for g in model.memory_groups}
+    resource = _driver_resource(model, block_id)
+    if group_address is None and resource is None:
+        return None
+    group = groups.get(group_address)
+    out: Dict[str, Any] = {"managed_by": _driver_name(resource, group), "iomem": None,
+                           "memory_group": group_facts(group)}
+    if resource is not None:
+        out["iomem"] = {"name": resource.name, "start": resource.start, "end": resource.end,
+                        "flags": list(resource.flag_names)}
+    runs = model.offline_runs.get(block_id)
+    if runs is not None:
+        offline = sum(end - start for start, end in runs)
+        out.update(plugged_pages=model.kernel.pages_per_block - offline,
+                   page_offline_pages=offline,
+                   page_offline_runs=[[start, end] for start, end in runs[:MAX_LISTED]])
+    return out
+
+
+def _driver_resource(model: Model, block_id: int):
+    """The innermost driver-managed System RAM resource holding the block's first byte."""
+    first = block_id * model.kernel.memory_block_size
+    hits = [r for r in model.iomem if r.system_ram and r.driver_managed and r.start <= first <= r.end]
+    return max(hits, key=lambda r: r.depth) if hits else None
+
+
+def _driver_name(resource, group: Optional[MemoryGroup]) -> str:
+    if resource is not None:
+        inner = re.search(r"\(([^()]*)\)\s*$", resource.name)
+        return inner[1] if inner else resource.name
+    if group is not None and group.is_dynamic:
+        # Only virtio-mem registers dynamic groups (memory_group_register_dynamic()).
+        return "dynamic memory group (virtio-mem)"
+    return "static memory group"
+
+
 # ------------------------------------------------------------------ unreadable
 
 def check_unreadable(model: Model) -> List[Finding]:
@@ -767,7 +892,8 @@ def _run_all(ctx: _Context) -> List[Finding]:
         check_pfn_valid_mismatch(ctx) + check_not_linear_mapped(ctx)
         + check_memblock_without_memmap(ctx) + check_memmap_without_memblock(ctx))
     findings += (check_orphaned_links(ctx) + check_missing_links(ctx, links)
-                 + check_wrong_node_links(ctx, links) + check_unreadable(ctx.model))
+                 + check_wrong_node_links(ctx, links) + check_unreadable(ctx.model)
+                 + check_memory_groups(ctx))
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(findings, key=lambda f: (order[f.kind], f.start_pfn or 0,
                                            f.node or 0, f.block or 0))
@@ -886,9 +1012,13 @@ def _explain_block(ctx: _Context, pfn: int) -> Optional[Dict[str, Any]]:
     links = [_link_facts(l) for l in ctx.model.links if l.block == block_id]
     if block is None:
         return {"id": block_id, "exists": False, "links": links}
-    return {"id": block.id, "exists": True, "address": block.address, "state": block.state,
-            "nid": block.nid, "zone": block.zone, "start_section_nr": block.start_section_nr,
-            "links": links}
+    out = {"id": block.id, "exists": True, "address": block.address, "state": block.state,
+           "nid": block.nid, "zone": block.zone, "start_section_nr": block.start_section_nr,
+           "links": links}
+    flavour = block_flavour(ctx.model, block_id)
+    if flavour is not None:
+        out["hotplugged_by"] = flavour
+    return out
 
 
 def _finding_summary(finding: Finding) -> Dict[str, Any]:

@@ -415,3 +415,74 @@ def iomem_flag_names(flags: int, bits: Dict[str, int]) -> Tuple[str, ...]:
     ('MEM', 'SYSRAM', 'DRIVER_MANAGED', 'BUSY')
     """
     return tuple(name for name, bit in sorted(bits.items(), key=lambda kv: kv[1]) if flags & bit)
+
+
+# ---------------------------------------------------------------- PageOffline
+
+@dataclass(frozen=True)
+class PageOfflineTest:
+    """How ``PageOffline()`` reads ``page->page_type`` (virtio-mem's
+    unplugged sub-blocks and balloon pages are PageOffline).
+
+    ``type_byte`` set: the type is the top byte (``page_type >> 24 ==
+    PGTY_offline``); else the inverted bits (``page_type & (base | flag)
+    == base``). ``source`` names the kernel code with its commit.
+    """
+
+    base: int
+    flag: int
+    type_byte: Optional[int]
+    source: str
+
+    def offline(self, page_type: int) -> bool:
+        """Whether a ``page_type`` word says PageOffline.
+
+        >>> page_offline_test({}).offline(0xfffffeff), page_offline_test({}).offline(0xffffffff)
+        (True, False)
+        """
+        if self.type_byte is not None:
+            return page_type >> 24 == self.type_byte
+        return page_type & (self.base | self.flag) == self.base
+
+
+def page_offline_test(pagetype_enumerators: Dict[str, int]) -> PageOfflineTest:
+    """The PageOffline() of a kernel, from its ``enum pagetype`` (DWARF; {}
+    when it has none).
+
+    - v5.0 (ca215086b14b 'mm: convert PG_balloon to PG_offline') to v6.10:
+      macros, not in DWARF: PAGE_TYPE_BASE 0xf0000000, PG_offline 0x100,
+      a type is a cleared bit.
+    - v6.11 ('mm: allow reuse of the lower 16 bit of the page type with an
+      actual type' moved the bits to the top; 'mm: convert page type macros
+      to enum' made them ``enum pagetype``): PG_offline and PAGE_TYPE_BASE
+      read from DWARF, still inverted.
+    - v6.12 (4ffca5a96678 'mm: support only one page_type per page'): the
+      type is the top byte, ``PGTY_offline`` (0xf1 on 6.12 and 7.3).
+
+    >>> page_offline_test({"PGTY_offline": 0xf1}).offline(0xf1000000)
+    True
+    >>> page_offline_test({"PG_offline": 0x20000000, "PAGE_TYPE_BASE": 0x80000000}).offline(0xdfffffff)
+    True
+    """
+    if "PGTY_offline" in pagetype_enumerators:
+        return PageOfflineTest(0, 0, pagetype_enumerators["PGTY_offline"],
+                               "v6.12 4ffca5a96678: page_type >> 24 == PGTY_offline")
+    if "PG_offline" in pagetype_enumerators and "PAGE_TYPE_BASE" in pagetype_enumerators:
+        base, flag = pagetype_enumerators["PAGE_TYPE_BASE"], pagetype_enumerators["PG_offline"]
+        return PageOfflineTest(base & 0xffffffff, flag, None,
+                               "v6.11 enum pagetype: (page_type & (PAGE_TYPE_BASE | PG_offline)) == PAGE_TYPE_BASE")
+    return PageOfflineTest(0xF0000000, 0x100, None,
+                           "v5.0 ca215086b14b: (page_type & (0xf0000000 | 0x100)) == 0xf0000000")
+
+
+def has_memory_groups(version: Version) -> bool:
+    """``struct memory_group`` and ``memory_block.group``: v5.15,
+    028fc57a1c36 'drivers/base/memory: introduce "memory groups" to
+    logically group memory blocks' (virtio-mem registers a dynamic group per
+    device, dax_kmem a static one per dax device). The reader asks DWARF;
+    this is for reports on models without groups.
+
+    >>> has_memory_groups((5, 15, 0)), has_memory_groups((5, 10, 0))
+    (True, False)
+    """
+    return version >= (5, 15, 0)

@@ -408,6 +408,26 @@ class IomemResource:
 
 
 @dataclass(frozen=True)
+class MemoryGroup:
+    """A ``struct memory_group`` (v5.15, 028fc57a1c36): the memory blocks a
+    driver added as one unit. virtio-mem registers a dynamic group per
+    device (``unit_pages``: what it adds at once), dax_kmem a static one per
+    dax device (``max_pages``). ``blocks`` are the ids of the memory blocks
+    on its ``memory_blocks`` list, in list order; ``strangers`` the
+    addresses on that list that are no registered memory block."""
+
+    address: int
+    nid: int
+    is_dynamic: bool
+    unit_pages: Optional[int]
+    max_pages: Optional[int]
+    present_kernel_pages: int
+    present_movable_pages: int
+    blocks: Tuple[int, ...] = ()
+    strangers: Tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Unreadable:
     """Something a reader could not read, and why."""
 
@@ -452,6 +472,13 @@ class Model:
     # shows of memory blocks (``lsmem``); empty / None from readers that skip them.
     zones: List[Zone] = field(default_factory=list)
     hotplug: Optional[HotplugSettings] = None
+    # Memory groups (v5.15+), each block's ``memory_block.group`` (block id
+    # -> group address, blocks of a group only), and the PageOffline pfn
+    # runs (end exclusive) of the online blocks of groups: virtio-mem's
+    # unplugged sub-blocks. Empty from readers that skip them.
+    memory_groups: List[MemoryGroup] = field(default_factory=list)
+    block_groups: Dict[int, int] = field(default_factory=dict)
+    offline_runs: Dict[int, Tuple[Tuple[int, int], ...]] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict (frozensets become sorted lists), the one

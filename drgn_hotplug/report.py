@@ -398,18 +398,44 @@ def _region_flags(region) -> str:
 
 
 def render_blocks(model: Model) -> str:
-    """Memory blocks, like crash ``kmem -n``'s second table."""
+    """Memory blocks, like crash ``kmem -n``'s second table; with a
+    HOTPLUGGED_BY column (flavour_text()) when a block was added by a
+    driver (a memory group or a driver-managed iomem resource)."""
     kernel = model.kernel
     rows = []
+    flavours = {block.id: checks.block_flavour(model, block.id) for block in model.blocks}
+    with_flavour = any(flavours.values())
     for block in sorted(model.blocks, key=lambda b: b.id):
         start, end = checks.block_range(kernel, block.id)
         where = "bus+xarray" if block.in_bus and block.in_xarray else (
             "bus" if block.in_bus else "xarray")
-        rows.append((f"memory{block.id}", _hex(block.address), pfn_range(start, end),
-                     "-" if block.nid is None else block.nid, block.state,
-                     block.zone or "-", block.start_section_nr, where))
+        row = (f"memory{block.id}", _hex(block.address), pfn_range(start, end),
+               "-" if block.nid is None else block.nid, block.state,
+               block.zone or "-", block.start_section_nr, where)
+        rows.append(row + ((flavour_text(flavours[block.id], kernel),) if with_flavour else ()))
     return _table(rows, ("NAME", "MEM_BLOCK", "PFNS", "NODE", "STATE", "ZONE",
-                         "START_SECTION_NO", "FOUND_IN"))
+                         "START_SECTION_NO", "FOUND_IN") + (("HOTPLUGGED_BY",) if with_flavour else ()))
+
+
+def flavour_text(flavour: Optional[Dict[str, Any]], kernel: KernelFacts) -> str:
+    """One cell of checks.block_flavour(): driver, group, plugged and
+    unplugged (PageOffline) memory of an online block of a group.
+
+    >>> k = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27, 1024,
+    ...                 True, True, False)
+    >>> flavour_text({"managed_by": "virtio_mem", "memory_group": {"kind": "dynamic", "nid": 1},
+    ...               "plugged_pages": 18432, "page_offline_pages": 14336}, k)
+    'virtio_mem (dynamic group, node1): 72 MiB plugged, 56 MiB unplugged (PageOffline)'
+    """
+    if not flavour:
+        return "-"
+    group = flavour.get("memory_group")
+    text = flavour["managed_by"] + (f" ({group['kind']} group, node{group['nid']})" if group else "")
+    if "plugged_pages" in flavour:
+        text += (f": {human_size(flavour['plugged_pages'] << kernel.page_shift)} plugged, "
+                 f"{human_size(flavour['page_offline_pages'] << kernel.page_shift)} "
+                 "unplugged (PageOffline)")
+    return text
 
 
 def render_links(model: Model) -> str:

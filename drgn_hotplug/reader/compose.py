@@ -15,6 +15,7 @@ from .kernfs import KernfsReader, kernfs_layout
 from .links import read_links
 from .memblock import read_memblock
 from .memory import max_memory_blocks, read_memory_blocks
+from .memory_group import read_memory_groups, read_offline_runs
 from .mmzone import mem_section_roots, read_sections, section_layout
 from .node import read_node_spans, read_nodes
 from .page import read_page_nids
@@ -68,13 +69,17 @@ def _read_model(target: Target) -> Model:
                           kernfs_children_limit(facts))
     links = read_links(kernfs, nodes, blocks, unreadable)
     page_nids = read_page_nids(target, facts, sections, blocks, unreadable)
+    groups, block_groups = read_memory_groups(pages, facts, blocks, unreadable)
     return Model(kernel=facts, sections=sections, memblock_memory=memory,
                  memblock_reserved=reserved, blocks=blocks, nodes=nodes, links=links,
                  page_nids=page_nids, unreadable=unreadable,
                  iomem=read_iomem(target, facts, unreadable),
                  node_spans=read_node_spans(target, facts, nodes, unreadable),
                  zones=read_zones(target, facts, nodes, unreadable),
-                 hotplug=read_hotplug_settings(target, unreadable))
+                 hotplug=read_hotplug_settings(target, unreadable),
+                 memory_groups=groups, block_groups=block_groups,
+                 offline_runs=read_offline_runs(target, facts, sections, blocks, block_groups,
+                                                unreadable))
 
 
 # CONFIG_NR_CPUS can be at most 8192 (x86 MAXSMP; arm64 allows 4096).
