@@ -11,6 +11,11 @@ apt_packages=(
     busybox-static cpio xz-utils zstd
     crash makedumpfile parallel
     gdb gdb-multiarch python3-tabulate
+    # the live guests' userland disk (vmcores/userland.py): mke2fs, and the
+    # cross compiler for drgn on arm64 (PyPI has no aarch64 wheel of it)
+    e2fsprogs gcc-aarch64-linux-gnu libc6-dev-arm64-cross make pkg-config
+    # headless Chromium renders the pages of drgn-hotplug map (tests/test_map.py)
+    chromium
 )
 
 missing_apt_packages() {
