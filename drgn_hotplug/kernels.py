@@ -486,3 +486,59 @@ def has_memory_groups(version: Version) -> bool:
     (True, False)
     """
     return version >= (5, 15, 0)
+
+
+# ---------------------------------------------------------------- memmap_on_memory
+
+def memmap_on_memory_members(nr_vmemmap_pages: Optional[int], altmap: Optional[int]) -> Dict[str, Optional[int]]:
+    """Where ``struct memory_block`` says how many of its pages hold its own
+    memmap, given the offsets DWARF has of its two spellings:
+    ``nr_vmemmap_pages`` from v5.13 (a08a2ae34613 'mm,memory_hotplug: allocate
+    memmap from the added memory range') to v6.5, then a ``struct
+    vmem_altmap *altmap`` whose ``free`` is the count (v6.6, 1a8c64e11043
+    'mm/memory_hotplug: embed vmem_altmap details in memory block').
+    Neither: the kernel cannot self-host a memmap.
+
+    >>> memmap_on_memory_members(None, 168)
+    {'nr_vmemmap_pages': None, 'altmap': 168}
+    """
+    return {"nr_vmemmap_pages": nr_vmemmap_pages if altmap is None else None, "altmap": altmap}
+
+
+def vmemmap_self_hosted_bit(enumerators: Dict[str, int]) -> Optional[int]:
+    """The ``page->flags`` bit of PG_vmemmap_self_hosted (an alias of
+    PG_owner_priv_1), which mhp_init_memmap_on_memory() sets on every
+    self-hosted memmap page since v6.0 (66361095129b 'mm: memory_hotplug: make
+    hugetlb_optimize_vmemmap compatible with memmap_on_memory'); None before
+    (v5.13-v5.19 marked them only PG_reserved). From DWARF's enum pageflags.
+
+    >>> vmemmap_self_hosted_bit({"PG_owner_priv_1": 10, "PG_vmemmap_self_hosted": 10})
+    10
+    """
+    return enumerators.get("PG_vmemmap_self_hosted")
+
+
+def memmap_pages_needed(pages_per_block: int, sizeof_page: int, page_size: int,
+                        pageblock_pages: int) -> int:
+    """The pages a memory block's own memmap takes: its struct pages rounded
+    up to whole pages, then to whole pageblocks (up to v6.5
+    mhp_supports_memmap_on_memory() refused a memmap that is not pageblock
+    aligned; v6.6 2d1f649c7c08 'mm/memory_hotplug: support memmap_on_memory
+    when memmap is not aligned to pageblocks' pads it in 'force' mode).
+
+    >>> memmap_pages_needed(32768, 64, 4096, 512)
+    512
+    """
+    pages = -(-pages_per_block * sizeof_page // page_size)
+    return -(-pages // pageblock_pages) * pageblock_pages
+
+
+def pageblock_pages(page_size: int) -> int:
+    """pageblock_nr_pages on x86_64 and arm64: pageblock_order is
+    HUGETLB_PAGE_ORDER, a PMD's worth of pages (a page table page of 8-byte
+    entries).
+
+    >>> pageblock_pages(4096)
+    512
+    """
+    return page_size // 8

@@ -314,6 +314,11 @@ class MemoryBlock:
     in_bus: bool = True
     in_xarray: Optional[bool] = None
     kn_address: Optional[int] = None
+    # memmap_on_memory: how many pages at the block's start hold its own
+    # memmap (0: none; None: the kernel cannot self-host, before v5.13), and
+    # the ``struct vmem_altmap`` they come from (v6.6+; kernels.py).
+    nr_vmemmap_pages: Optional[int] = None
+    altmap: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -468,6 +473,10 @@ class Model:
     misread: Tuple[str, ...] = ()
     cross_checked: bool = False
     iomem: List[IomemResource] = field(default_factory=list)
+    # memmap_on_memory: block id -> pfn runs (end exclusive) of struct pages
+    # marked PG_vmemmap_self_hosted at the start of each online block that
+    # hosts its memmap (reader/vmemmap.py).
+    self_hosted_runs: Dict[int, Tuple[Tuple[int, int], ...]] = field(default_factory=dict)
     # Zones of the online nodes and the hotplug settings, for what sysfs
     # shows of memory blocks (``lsmem``); empty / None from readers that skip them.
     zones: List[Zone] = field(default_factory=list)

@@ -7,6 +7,7 @@ import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
+from .. import kernels
 from ..model import KernelFacts, MemoryBlock, Unreadable
 from .list import walk_list
 from .target import (PageCache, ReadError, Target, fields_unpacker, read_cstring, read_word,
@@ -45,6 +46,8 @@ class BlockLayout:
     dev_id: int
     kn: int
     zone_name: Optional[int]
+    nr_vmemmap_pages: Optional[int] = None
+    altmap: Optional[int] = None
 
 
 def memory_block_decoder(layout: BlockLayout, state_enumerators: Dict[str, int],
@@ -67,7 +70,8 @@ def memory_block_decoder(layout: BlockLayout, state_enumerators: Dict[str, int],
                # since: its values fit the low 4 bytes of either (little-endian).
                "state": (layout.state, "I"), "kn": (layout.dev + layout.kn, "Q"),
                "nid": (layout.nid, "i"), "online_type": (layout.online_type, "i"),
-               "zone": (layout.zone, "Q")}
+               "zone": (layout.zone, "Q"),
+               "nr_vmemmap_pages": (layout.nr_vmemmap_pages, "Q"), "altmap": (layout.altmap, "Q")}
     present = {name: spec for name, spec in members.items() if spec[0] is not None}
     unpack = fields_unpacker(present)
     names = tuple(present)
@@ -83,7 +87,8 @@ def memory_block_decoder(layout: BlockLayout, state_enumerators: Dict[str, int],
             state=states.get(state) or block_state_name(state, state_enumerators),
             nid=fields.get("nid"), zone=zone_name(fields["zone"]) if "zone" in fields else None,
             online_type=fields.get("online_type"), in_bus=in_bus, in_xarray=in_xarray,
-            kn_address=fields["kn"] or None)
+            kn_address=fields["kn"] or None, nr_vmemmap_pages=fields.get("nr_vmemmap_pages"),
+            altmap=fields.get("altmap"))
     return decode
 
 
@@ -97,7 +102,9 @@ def block_layout(target: Target) -> BlockLayout:
         dev=require_offset(target, block, "dev"),
         dev_id=require_offset(target, "struct device", "id"),
         kn=require_offset(target, "struct device", "kobj.sd"),
-        zone_name=target.offsetof("struct zone", "name"))
+        zone_name=target.offsetof("struct zone", "name"),
+        **kernels.memmap_on_memory_members(target.offsetof(block, "nr_vmemmap_pages"),
+                                           target.offsetof(block, "altmap")))
 
 
 def memory_bus_devices(target: Target, limit: int = 1 << 22) -> List[int]:
@@ -171,7 +178,22 @@ def read_memory_blocks(target: Target, facts: KernelFacts,
         blocks.append(decode(
             data, offset, address, in_bus=address in bus_set,
             in_xarray=None if xarray_addresses is None else address in xarray_addresses))
+    _read_altmaps(target, blocks, unreadable)
     return sorted(blocks, key=lambda b: (b.id, b.address))
+
+
+def _read_altmaps(target: Target, blocks: List[MemoryBlock], unreadable: List[Unreadable]) -> None:
+    """Each self-hosting block's ``nr_vmemmap_pages`` from its altmap (v6.6+:
+    ``altmap->free``, what memory_block_online() hands mhp_init_memmap_on_memory());
+    0 for a block without one."""
+    free = target.offsetof("struct vmem_altmap", "free")
+    for block in blocks:
+        if block.altmap is None or free is None:
+            continue
+        try:
+            block.nr_vmemmap_pages = read_word(target, block.altmap + free) if block.altmap else 0
+        except ReadError as error:
+            unreadable.append(Unreadable("struct vmem_altmap", error.reason, block.altmap))
 
 
 def max_memory_blocks(facts: KernelFacts) -> int:
