@@ -5,9 +5,9 @@ guest, as root, on the guest's own /proc/kcore.
 The disk is an ext4 image (ext4 is built into the Debian cloud kernels; they
 have no 9p) made with ``mke2fs -d`` from Debian bookworm packages of the
 guest's arch (extracted with ``dpkg-deb -x``, no maintainer scripts), drgn's
-manylinux wheel and the checkout's built wheel (installed with ``pip install
---target`` on the host: the guest has no network and no pip, and TCG makes pip
-slow), plus the kernel's vmlinux at /usr/lib/debug/lib/modules/ABI/vmlinux,
+wheel and the checkout's built wheel (installed with ``pip install --target``
+on the host: the guest has no network and no pip, and TCG makes pip slow),
+plus the kernel's vmlinux at /usr/lib/debug/lib/modules/ABI/vmlinux,
 where drgn looks for it. The guest mounts it at /u and runs the tools with
 ``chroot /u``; cells never attach it, so their bed hash is unaffected.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,8 +43,22 @@ ROOTS = ("python3.11-minimal", "libpython3.11-stdlib", "python3-minimal", "util-
 # Dependencies only maintainer scripts or documentation tools use.
 LEFT_OUT = ("perl", "perl-base", "perl-modules-5.36", "libperl5.36", "dpkg", "tar", "install-info",
             "mailcap", "mime-support", "libgdbm-compat4", "libgdbm6", "libdb5.3", "debconf")
-DRGN = "drgn==0.3.0"
-PLATFORM = {"x86_64": "manylinux_2_28_x86_64", "arm64": "manylinux_2_28_aarch64"}
+DRGN_VERSION = "0.3.0"
+DRGN = f"drgn=={DRGN_VERSION}"
+# The wheel platforms the guest's Python accepts: manylinux, and plain linux
+# for a wheel built here (cross_built_drgn).
+PLATFORMS = {"x86_64": ("manylinux_2_28_x86_64",), "arm64": ("manylinux_2_28_aarch64", "linux_aarch64")}
+# PyPI has no aarch64 wheel of drgn 0.3.0 (only x86_64 ones) and Debian's
+# python3-drgn is 0.0.31 at most (trixie), older than drgn.commands (0.0.32),
+# which %memhp needs: on arm64 drgn is cross-built from its sdist against
+# bookworm's arm64 elfutils, and the userland gets the libraries it links
+# (a manylinux wheel bundles them).
+RUNTIME_ROOTS = {"x86_64": (), "arm64": ("libelf1", "libdw1", "libgomp1")}
+# The arm64 packages drgn's configure and compiler need from bookworm (headers,
+# pkg-config files, the libraries to link): a sysroot for aarch64-linux-gnu-gcc.
+CROSS_SYSROOT_DEBS = ("libelf-dev", "libdw-dev", "libelf1", "libdw1", "zlib1g-dev", "zlib1g", "liblzma-dev",
+                      "liblzma5", "libbz2-dev", "libbz2-1.0", "libzstd-dev", "libzstd1", "libpython3.11-dev")
+CROSS_TRIPLET = {"arm64": "aarch64-linux-gnu"}
 # Modules for the disk: the cloud kernels build virtio-blk (and up to 6.1
 # virtio-pci) as modules.
 DISK_MODULES = ("virtio_pci", "virtio_blk")
@@ -56,25 +71,99 @@ def userland_debs(arch: str) -> list[Path]:
     >>> sorted(p.name.split("_")[0] for p in userland_debs("x86_64"))[:2]   # doctest: +SKIP
     ['gcc-12-base', 'libaudit-common']
     """
-    apt = AptRoot([(DEBIAN, "bookworm"), (SECURITY, "bookworm-security")], DEB_ARCH[arch])
+    apt = bookworm(arch)
     with packages.package_lock():
         apt.ensure_lists()
         out = run(["apt-cache", *apt.options(), "depends", "--recurse", "--no-recommends", "--no-suggests",
                    "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", "--no-pre-depends",
-                   *ROOTS])
+                   *ROOTS, *RUNTIME_ROOTS[arch]])
         names = sorted({n for n in out.splitlines() if not n.startswith((" ", "<"))} - set(LEFT_OUT))
         return [apt.download(n, apt.version(n)) for n in names]
 
 
+def bookworm(arch: str) -> AptRoot:
+    return AptRoot([(DEBIAN, "bookworm"), (SECURITY, "bookworm-security")], DEB_ARCH[arch])
+
+
 def pip_wheels(arch: str, dest: Path) -> list[Path]:
-    """drgn's manylinux wheel for the arch and tabulate, from PyPI (once)."""
+    """drgn's wheel for the arch (PyPI's manylinux one, else cross-built) and
+    tabulate, once."""
     dest.mkdir(parents=True, exist_ok=True)
-    for spec, extra in ((DRGN, ["--platform", PLATFORM[arch], "--python-version", "3.11",
-                                "--implementation", "cp"]), ("tabulate>=0.9", [])):
-        if not any(dest.glob(spec.split("=")[0].split(">")[0] + "-*.whl")):
-            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                            *extra, "-d", str(dest), spec], check=True, capture_output=True)
+    if not any(dest.glob(f"drgn-{DRGN_VERSION}-*.whl")):
+        try:
+            pip(["download", "--only-binary=:all:", *platform_options(arch), "-d", str(dest), DRGN])
+        except subprocess.CalledProcessError:
+            if arch not in CROSS_TRIPLET:
+                raise
+            cross_built_drgn(arch, dest)
+    if not any(dest.glob("tabulate-*.whl")):
+        pip(["download", "--only-binary=:all:", "-d", str(dest), "tabulate>=0.9"])
     return sorted(dest.glob("*.whl"))
+
+
+def pip(args: list[str], env: dict[str, str] | None = None) -> None:
+    """The host's pip, quiet, without dependencies; a failure raises
+    CalledProcessError with pip's output."""
+    subprocess.run([sys.executable, "-m", "pip", args[0], "-q", "--no-deps", *args[1:]], check=True,
+                   capture_output=True, env=env)
+
+
+def platform_options(arch: str) -> list[str]:
+    """pip's options for wheels of the guest's Python (bookworm's CPython 3.11).
+
+    >>> platform_options("arm64")[:4]
+    ['--platform', 'manylinux_2_28_aarch64', '--platform', 'linux_aarch64']
+    """
+    return [*(o for p in PLATFORMS[arch] for o in ("--platform", p)), "--python-version", "3.11",
+            "--implementation", "cp"]
+
+
+def cross_built_drgn(arch: str, dest: Path) -> Path:
+    """drgn's wheel for ``arch`` built from its sdist (PyPI) with the host's
+    cross compiler against a sysroot of bookworm's packages of that arch
+    (CROSS_SYSROOT_DEBS); cached in ``dest`` by drgn's version (~2 min).
+
+    The extension links bookworm's libelf, libdw and libgomp (RUNTIME_ROOTS
+    puts them in the userland); libkdumpfile, debuginfod, pcre2 and json-c are
+    left out (a live kernel needs none of them).
+    """
+    triplet = CROSS_TRIPLET[arch]
+    apt = bookworm(arch)
+    with packages.package_lock():
+        apt.ensure_lists()
+        debs = [apt.download(n, apt.version(n)) for n in CROSS_SYSROOT_DEBS]
+    work = dest / f".cross-{DRGN_VERSION}"
+    shutil.rmtree(work, ignore_errors=True)
+    sysroot = work / "sysroot"
+    sysroot.mkdir(parents=True)
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(sysroot)], check=True)
+    pip(["download", "--no-binary=:all:", "-d", str(work), DRGN])
+    (sdist,) = work.glob("drgn-*.tar.gz")
+    libdir = sysroot / "usr/lib" / triplet
+    env = {**os.environ,
+           "CONFIGURE_FLAGS": f"--host={triplet} --without-debuginfod --without-libkdumpfile --without-pcre2 "
+                              "--without-json-c",
+           "PKG_CONFIG_LIBDIR": f"{libdir}/pkgconfig:{sysroot}/usr/share/pkgconfig",
+           "PKG_CONFIG_SYSROOT_DIR": str(sysroot),
+           # The .pc files name /usr/include and the libdir, which pkg-config
+           # would drop as the build machine's own.
+           "PKG_CONFIG_ALLOW_SYSTEM_CFLAGS": "1", "PKG_CONFIG_ALLOW_SYSTEM_LIBS": "1",
+           "PYTHON_CPPFLAGS": f"-I{sysroot}/usr/include/python3.11 -I{sysroot}/usr/include",
+           "LDFLAGS": f"-L{libdir} -Wl,-rpath-link,{libdir}",
+           # The wheel's platform tag and the extension's file name for the guest's Python.
+           "_PYTHON_HOST_PLATFORM": f"linux-{triplet.split('-')[0]}",
+           "SETUPTOOLS_EXT_SUFFIX": f".cpython-311-{triplet}.so"}
+    try:
+        pip(["wheel", "--no-binary=:all:", "-w", str(work), str(sdist)], env)
+    except subprocess.CalledProcessError as error:
+        raise packages.PackageError(f"cross-building {DRGN} for {arch} failed (gcc-{triplet} installed? "
+                                    f"scripts/setup.sh): {error.stderr.decode()[-2000:]}") from error
+    (wheel,) = work.glob(f"drgn-{DRGN_VERSION}-*.whl")
+    built = dest / wheel.name
+    wheel.rename(built)
+    shutil.rmtree(work)
+    return built
 
 
 def build_userland(k: Kernel, wheel: Path) -> Path:
@@ -126,9 +215,8 @@ def install_wheels(arch: str, wheels: list[Path], tree: Path) -> None:
     """``pip install --target`` into the userland's dist-packages for the guest's
     Python; console scripts go to /usr/local/bin with the guest's interpreter."""
     site = tree / "usr/lib/python3/dist-packages"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
-                    "--platform", PLATFORM[arch], "--python-version", "3.11", "--implementation", "cp",
-                    "--only-binary=:all:", *map(str, wheels)], check=True, capture_output=True)
+    pip(["install", "--no-index", "--target", str(site), *platform_options(arch), "--only-binary=:all:",
+         *map(str, wheels)])
     bindir = tree / "usr/local/bin"
     bindir.mkdir(parents=True, exist_ok=True)
     for script in (site / "bin").iterdir():
