@@ -53,10 +53,14 @@ MISSING_LINK = "missing-link"
 WRONG_NODE_LINK = "wrong-node-link"
 UNREADABLE = "unreadable"
 MEMORY_GROUP_MISMATCH = "memory-group-mismatch"
+VMEMMAP_PAGES_MISCOUNTED = "vmemmap-pages-miscounted"
+VMEMMAP_SELF_HOSTED_MISMATCH = "vmemmap-self-hosted-mismatch"
+SYSRAM_WITHOUT_MEMORY_BLOCK = "sysram-without-memory-block"
 
 KINDS = (PFN_VALID_MISMATCH, NOT_LINEAR_MAPPED, MEMBLOCK_WITHOUT_MEMMAP,
          MEMMAP_WITHOUT_MEMBLOCK, ORPHANED_LINK, MISSING_LINK, WRONG_NODE_LINK, UNREADABLE,
-         MEMORY_GROUP_MISMATCH)
+         MEMORY_GROUP_MISMATCH, VMEMMAP_PAGES_MISCOUNTED, VMEMMAP_SELF_HOSTED_MISMATCH,
+         SYSRAM_WITHOUT_MEMORY_BLOCK)
 # The kinds drawn from the sections alone: none when their decoding is misread.
 RANGE_KINDS = KINDS[:4]
 
@@ -818,6 +822,102 @@ def _driver_name(resource, group: Optional[MemoryGroup]) -> str:
     return "static memory group"
 
 
+# ------------------------------------------------------------------ memmap_on_memory, System RAM
+
+def block_memmap(model: Model, block_id: int) -> Optional[Dict[str, Any]]:
+    """Where a block's memmap lives when it hosts its own (memmap_on_memory),
+    None otherwise: the pfns at its start that hold it, how many pages the
+    memmap needs, the altmap (v6.6+) and, for an online block, the
+    PG_vmemmap_self_hosted struct pages found there.
+
+    >>> from drgn_hotplug.model import SelfHostedMemmap
+    >>> kernel = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27,
+    ...                      1024, True, True, False)
+    >>> discarded = MemblockType("memory", 0, 0, 128, (), False, "discarded")
+    >>> block = MemoryBlock(33, 0x10, 33, "online", 1, nr_vmemmap_pages=512)
+    >>> m = Model(kernel, [], discarded, discarded, [block], [], [],
+    ...           self_hosted={33: SelfHostedMemmap(33, 512, ((0x108000, 0x108200),))})
+    >>> f = block_memmap(m, 33); f["pfns"], f["self_hosted_pages"]
+    ([1081344, 1081856], 512)
+    """
+    block = next((b for b in model.blocks if b.id == block_id), None)
+    hosted = model.self_hosted.get(block_id)
+    if block is None or hosted is None:
+        return None
+    first = block.start_section_nr << model.kernel.pfn_section_shift
+    out: Dict[str, Any] = {"nr_vmemmap_pages": block.nr_vmemmap_pages,
+                           "pfns": [first, first + block.nr_vmemmap_pages],
+                           "needed_pages": hosted.needed_pages, "altmap": block.altmap}
+    if hosted.marked_runs is not None:
+        out["self_hosted_pages"] = sum(end - start for start, end in hosted.marked_runs)
+        out["self_hosted_runs"] = [[start, end] for start, end in hosted.marked_runs[:MAX_LISTED]]
+    return out
+
+
+def check_self_hosted_memmaps(ctx: _Context) -> List[Finding]:
+    """Blocks that host their memmap (memmap_on_memory, v5.13 a08a2ae34613):
+    the kernel counts exactly the pages the block's memmap needs in
+    ``nr_vmemmap_pages`` (altmap->free since v6.6), takes them from the
+    block's start, and on onlining marks each of their struct pages
+    PG_vmemmap_self_hosted (mhp_init_memmap_on_memory(), v6.0 66361095129b)
+    and no other. A count that differs, or marks elsewhere, break that."""
+    findings = []
+    for block in ctx.model.blocks:
+        facts = block_memmap(ctx.model, block.id)
+        if facts is None:
+            continue
+        first, end = facts["pfns"]
+        evidence = {"block": _block_facts(block), "memmap_on_memory": facts}
+        if facts["nr_vmemmap_pages"] != facts["needed_pages"]:
+            findings.append(Finding(
+                kind=VMEMMAP_PAGES_MISCOUNTED, severity="error", start_pfn=first, end_pfn=end,
+                node=block.nid, block=block.id, facts=evidence,
+                reason=f"memory{block.id} hosts its memmap in {facts['nr_vmemmap_pages']} pages, "
+                       f"but the memmap of a block takes {facts['needed_pages']}"))
+        runs = ctx.model.self_hosted[block.id].marked_runs
+        if runs is not None and runs != ((first, end),):
+            findings.append(Finding(
+                kind=VMEMMAP_SELF_HOSTED_MISMATCH, severity="error", start_pfn=first, end_pfn=end,
+                node=block.nid, block=block.id, facts=evidence,
+                reason=f"online memory{block.id} hosts its memmap in pfns "
+                       f"{first:#x}-{end - 1:#x}, but {facts['self_hosted_pages']} struct pages "
+                       f"there and after are PG_vmemmap_self_hosted, not exactly those "
+                       f"{end - first}"))
+    return findings
+
+
+def check_sysram_blocks(ctx: _Context) -> List[Finding]:
+    """Every block of memory /proc/iomem calls System RAM exists: boot
+    memory has blocks for all its present sections, and add_memory() /
+    add_memory_driver_managed() register the resource and create the
+    blocks together; try_remove_memory() removes the blocks and releases
+    the resource (release_mem_region_adjustable()). A System RAM resource
+    with blocks missing is memory the kernel lost track of."""
+    model = ctx.model
+    if not model.blocks or selfcheck.blocks_incomplete(model):
+        return []
+    size = model.kernel.memory_block_size
+    findings = []
+    for resource in model.iomem:
+        if resource.depth or not resource.system_ram or resource.end < resource.start:
+            continue
+        missing = [b for b in range(resource.start // size, resource.end // size + 1)
+                   if b not in ctx.blocks]
+        if not missing:
+            continue
+        shift = model.kernel.page_shift
+        findings.append(Finding(
+            kind=SYSRAM_WITHOUT_MEMORY_BLOCK, severity="error",
+            start_pfn=resource.start >> shift, end_pfn=(resource.end + 1) >> shift,
+            reason=f"\"{resource.name}\" {resource.start:#x}-{resource.end:#x} in /proc/iomem, "
+                   f"but memory{missing[0]}" + (f" and {len(missing) - 1} more blocks" if len(missing) > 1 else "")
+                   + " of it do not exist (hot-removed without releasing the resource?)",
+            facts={"iomem": {"name": resource.name, "start": resource.start, "end": resource.end,
+                             "flags": list(resource.flag_names), "address": resource.address},
+                   "missing_blocks": missing[:MAX_LISTED], "missing_count": len(missing)}))
+    return findings
+
+
 # ------------------------------------------------------------------ unreadable
 
 def check_unreadable(model: Model) -> List[Finding]:
@@ -893,7 +993,8 @@ def _run_all(ctx: _Context) -> List[Finding]:
         + check_memblock_without_memmap(ctx) + check_memmap_without_memblock(ctx))
     findings += (check_orphaned_links(ctx) + check_missing_links(ctx, links)
                  + check_wrong_node_links(ctx, links) + check_unreadable(ctx.model)
-                 + check_memory_groups(ctx))
+                 + check_memory_groups(ctx) + check_self_hosted_memmaps(ctx)
+                 + check_sysram_blocks(ctx))
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(findings, key=lambda f: (order[f.kind], f.start_pfn or 0,
                                            f.node or 0, f.block or 0))

@@ -433,6 +433,19 @@ class MemoryGroup:
 
 
 @dataclass(frozen=True)
+class SelfHostedMemmap:
+    """A memory block that hosts its own memmap (memmap_on_memory): the
+    pages that memmap needs (its struct pages in whole pageblocks), and for
+    an online block the pfn runs (end exclusive) of PG_vmemmap_self_hosted
+    struct pages among its first pages (None when the block is offline or
+    the kernel has no such flag, before v6.0)."""
+
+    block: int
+    needed_pages: int
+    marked_runs: Optional[Tuple[Tuple[int, int], ...]] = None
+
+
+@dataclass(frozen=True)
 class Unreadable:
     """Something a reader could not read, and why."""
 
@@ -473,10 +486,9 @@ class Model:
     misread: Tuple[str, ...] = ()
     cross_checked: bool = False
     iomem: List[IomemResource] = field(default_factory=list)
-    # memmap_on_memory: block id -> pfn runs (end exclusive) of struct pages
-    # marked PG_vmemmap_self_hosted at the start of each online block that
+    # memmap_on_memory: block id -> SelfHostedMemmap of each block that
     # hosts its memmap (reader/vmemmap.py).
-    self_hosted_runs: Dict[int, Tuple[Tuple[int, int], ...]] = field(default_factory=dict)
+    self_hosted: Dict[int, SelfHostedMemmap] = field(default_factory=dict)
     # Zones of the online nodes and the hotplug settings, for what sysfs
     # shows of memory blocks (``lsmem``); empty / None from readers that skip them.
     zones: List[Zone] = field(default_factory=list)

@@ -20,7 +20,7 @@ from .mmzone import mem_section_roots, read_sections, section_layout
 from .node import read_node_spans, read_nodes
 from .page import read_page_nids
 from .target import PageCache, Target
-from .vmemmap import read_self_hosted_runs
+from .vmemmap import read_self_hosted
 from .zone import read_hotplug_settings, read_zones
 
 
@@ -75,7 +75,7 @@ def _read_model(target: Target) -> Model:
                  memblock_reserved=reserved, blocks=blocks, nodes=nodes, links=links,
                  page_nids=page_nids, unreadable=unreadable,
                  iomem=read_iomem(target, facts, unreadable),
-                 self_hosted_runs=read_self_hosted_runs(target, facts, sections, blocks, unreadable),
+                 self_hosted=read_self_hosted(target, facts, sections, blocks, unreadable),
                  node_spans=read_node_spans(target, facts, nodes, unreadable),
                  zones=read_zones(target, facts, nodes, unreadable),
                  hotplug=read_hotplug_settings(target, unreadable),
