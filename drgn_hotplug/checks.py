@@ -1119,6 +1119,9 @@ def _explain_block(ctx: _Context, pfn: int) -> Optional[Dict[str, Any]]:
     flavour = block_flavour(ctx.model, block_id)
     if flavour is not None:
         out["hotplugged_by"] = flavour
+    memmap = block_memmap(ctx.model, block_id)
+    if memmap is not None:
+        out["memmap_on_memory"] = memmap
     return out
 
 

@@ -405,6 +405,8 @@ def render_blocks(model: Model) -> str:
     rows = []
     flavours = {block.id: checks.block_flavour(model, block.id) for block in model.blocks}
     with_flavour = any(flavours.values())
+    memmaps = {block.id: checks.block_memmap(model, block.id) for block in model.blocks}
+    with_memmap = any(memmaps.values())
     for block in sorted(model.blocks, key=lambda b: b.id):
         start, end = checks.block_range(kernel, block.id)
         where = "bus+xarray" if block.in_bus and block.in_xarray else (
@@ -412,9 +414,33 @@ def render_blocks(model: Model) -> str:
         row = (f"memory{block.id}", _hex(block.address), pfn_range(start, end),
                "-" if block.nid is None else block.nid, block.state,
                block.zone or "-", block.start_section_nr, where)
-        rows.append(row + ((flavour_text(flavours[block.id], kernel),) if with_flavour else ()))
+        rows.append(row + ((flavour_text(flavours[block.id], kernel),) if with_flavour else ())
+                    + ((memmap_text(memmaps[block.id], kernel),) if with_memmap else ()))
     return _table(rows, ("NAME", "MEM_BLOCK", "PFNS", "NODE", "STATE", "ZONE",
-                         "START_SECTION_NO", "FOUND_IN") + (("HOTPLUGGED_BY",) if with_flavour else ()))
+                         "START_SECTION_NO", "FOUND_IN") + (("HOTPLUGGED_BY",) if with_flavour else ())
+                  + (("MEMMAP",) if with_memmap else ()))
+
+
+def memmap_text(memmap: Optional[Dict[str, Any]], kernel: KernelFacts) -> str:
+    """One cell of checks.block_memmap(): where a self-hosting block keeps
+    its memmap, and how many of those struct pages say so.
+
+    >>> k = KernelFacts("x86_64", "6.1", (6, 1, 0), 4096, 27, 46, 1 << 19, 21, 1 << 27, 1024,
+    ...                 True, True, False)
+    >>> memmap_text({"nr_vmemmap_pages": 512, "pfns": [0x108000, 0x108200], "needed_pages": 512,
+    ...              "self_hosted_pages": 512}, k)
+    'in block: 512 pages (2 MiB) at pfn 0x108000-0x1081ff, 512 PG_vmemmap_self_hosted'
+    """
+    if not memmap:
+        return "-"
+    pages = memmap["nr_vmemmap_pages"]
+    text = (f"in block: {pages} pages ({human_size(pages << kernel.page_shift)}) at pfn "
+            f"{pfn_range(*memmap['pfns'])}")
+    if memmap["needed_pages"] != pages:
+        text += f" (its memmap needs {memmap['needed_pages']})"
+    if "self_hosted_pages" in memmap:
+        text += f", {memmap['self_hosted_pages']} PG_vmemmap_self_hosted"
+    return text
 
 
 def flavour_text(flavour: Optional[Dict[str, Any]], kernel: KernelFacts) -> str:
