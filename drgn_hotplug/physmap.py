@@ -380,27 +380,38 @@ def _section_css(flags: frozenset) -> str:
 
 
 def section_marks(model: Model, sets, node_of: _Nodes) -> List[Mark]:
-    """Runs of consecutive present sections of one kind on one node."""
+    """Runs of consecutive present sections with one flag set on one node.
+
+    One pass over the section columns: 512K sections take half a second.
+    """
     kernel = model.kernel
     table = SectionTable.of(model.sections)
-    shift = kernel.pfn_section_shift
+    shift, per_block = kernel.pfn_section_shift, kernel.sections_per_block
     css_of_kind = [_section_css(flags) for flags in table.flag_sets]
+    hot = [css.startswith("sec-hot") for css in css_of_kind]
+    block_nid, zone_device = node_of.block_nid, sets.zone_device
     runs: List[List[Any]] = []
+    run: Optional[List[Any]] = None
     for nr, kind in zip(table.nrs, table.kinds):
-        start = nr << shift
-        css = css_of_kind[kind]
-        if css.startswith("sec-hot") and start in sets.zone_device:
-            css = css.replace("sec-hot", "sec-zone-device")  # untainted (before v5.12)
-        node = node_of(start)
-        last = runs[-1] if runs else None
-        if last and last[1] == nr and last[2] == css and last[3] == node:
-            last[1] = nr + 1
+        nid = block_nid.get(nr // per_block)
+        if nid is None:
+            nid = node_of(nr << shift)
+        # ZONE_DEVICE sections untainted (before v5.12) look hot-added: the pfn sets know.
+        device = hot[kind] and (nr << shift) in zone_device
+        if run and nr == run[1] and kind == run[2] and nid == run[3] and device == run[4]:
+            run[1] = nr + 1
         else:
-            runs.append([nr, nr + 1, css, node, kind])
-    return [Mark("sections", node, first << shift, end << shift, css,
-                 f"sections {first}" + (f"-{end - 1}" if end - first > 1 else "")
-                 + f": {' '.join(sorted(table.flag_sets[kind]))}", {})
-            for first, end, css, node, kind in runs]
+            run = [nr, nr + 1, kind, nid, device]
+            runs.append(run)
+    marks = []
+    for first, end, kind, nid, device in runs:
+        css = css_of_kind[kind]
+        if device:
+            css = css.replace("sec-hot", "sec-zone-device")
+        marks.append(Mark("sections", nid, first << shift, end << shift, css,
+                          f"sections {first}" + (f"-{end - 1}" if end - first > 1 else "")
+                          + f": {' '.join(sorted(table.flag_sets[kind]))}", {}))
+    return marks
 
 
 def subsection_marks(model: Model, node_of: _Nodes) -> List[Mark]:
@@ -707,24 +718,28 @@ def _rect(box: Box, index: int, title: Optional[str]) -> str:
 _SCRIPT = """
 const facts = JSON.parse(document.getElementById('facts').textContent);
 const panel = document.getElementById('panel');
+const svg = document.querySelector('svg');
 let pinned = null;
 function show(el) { panel.textContent = facts[+el.getAttribute('data-facts')]; }
-document.querySelector('svg').addEventListener('mouseover', e => {
+function pin(el) {
+  if (pinned) pinned.classList.remove('sel');
+  pinned = el;
+  if (pinned) { pinned.classList.add('sel'); show(pinned); }
+}
+svg.addEventListener('mouseover', e => {
   const el = e.target.closest('[data-facts]');
   if (el && !pinned) show(el);
 });
-document.querySelector('svg').addEventListener('click', e => {
-  if (pinned) pinned.classList.remove('sel');
-  pinned = e.target.closest('[data-facts]');
-  if (pinned) { pinned.classList.add('sel'); show(pinned); }
-});
+svg.addEventListener('click', e => pin(e.target.closest('[data-facts]')));
+const wanted = location.hash.match(/^#finding=(\\d+)$/);
+if (wanted) pin(document.querySelector(`[data-finding="${wanted[1]}"]`));
 """
 
 
 def render_html(picture: PhysMap) -> str:
     """A self-contained HTML page: the SVG, a facts panel, the facts as
     JSON data and a few lines of script (hover shows a range's facts,
-    click pins them)."""
+    click pins them; ``PAGE#finding=N`` opens with finding N pinned)."""
     data = json.dumps(facts_texts(picture)).replace("</", "<\\/")
     return "\n".join([
         "<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
