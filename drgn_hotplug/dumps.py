@@ -562,6 +562,52 @@ def is_core_dump(path: str) -> bool:
     return container != "unknown"
 
 
+def map_vmcoreinfo_safe_copy(prog) -> bool:
+    """Let a kdump kernel's /proc/vmcore answer reads of ``vmcoreinfo_data``
+    (debug info loaded); True if it had to.
+
+    With a crash kernel loaded, the kernel keeps VMCOREINFO in a safe copy
+    inside the crash kernel's reserved memory and, when it crashes, points
+    ``vmcoreinfo_data`` at that copy (kernel/crash_core.c,
+    crash_save_vmcoreinfo(); Linux v4.13, "kdump: protect vmcoreinfo data
+    under the crash memory"). /proc/vmcore leaves the reservation out, so
+    the buffer is unreadable there. The dump's VMCOREINFO note is the
+    crashing kernel's byte copy of that buffer (update_vmcoreinfo_note()),
+    so its bytes answer for it. Dumps written by QEMU or makedumpfile of a
+    running kernel, and kernels without a loaded crash kernel, are left as
+    they are.
+
+    >>> map_vmcoreinfo_safe_copy(prog)      # a /proc/vmcore, debug info loaded   # doctest: +SKIP
+    True
+    """
+    import drgn
+
+    try:
+        note = prog["VMCOREINFO"].string_()
+        address = prog["vmcoreinfo_data"].value_()
+    except (LookupError, drgn.FaultError):
+        return False
+    # CRASHTIME= is appended by crash_save_vmcoreinfo() only, at the crash.
+    if b"\nCRASHTIME=" not in note or not address:
+        return False
+    try:
+        prog.read(address, 1)
+        return False
+    except drgn.FaultError:
+        pass
+    prog.add_memory_segment(address, len(note), functools.partial(_read_bytes, note), physical=False)
+    return True
+
+
+def _read_bytes(data: bytes, _address: int, count: int, offset: int, _physical: bool) -> bytes:
+    """A drgn memory segment's read of ``data``.
+
+    >>> _read_bytes(b"OSRELEASE=6.1", 0xffff0000, 3, 10, False)
+    b'6.1'
+    """
+    return data[offset:offset + count]
+
+
 def _drgn_core_dump(path: str):
     import drgn
 
