@@ -114,6 +114,35 @@ def poked_group_blocks(truth: dict) -> Set[int]:
     return {b["block"] for b in truth["flavour"]["blocks"] if b["state"] != "absent"}
 
 
+def broken_blocks(truth: dict) -> Dict[str, Set[int]]:
+    """finding kind -> the blocks the bed broke its rule on
+    (vmcores.flavours.memmap_on_memory_bad_steps): blocks hot-removed while
+    release_mem_region_adjustable() returned at once keep their System RAM
+    resource; a poked page->flags or nr_vmemmap_pages names its block."""
+    broken: Dict[str, Set[int]] = {checks.SYSRAM_WITHOUT_MEMORY_BLOCK: set(),
+                                   checks.VMEMMAP_SELF_HOSTED_MISMATCH: set(),
+                                   checks.VMEMMAP_PAGES_MISCOUNTED: set()}
+    patched = set()
+    for e in truth["events"]:
+        if e["op"] in ("patch", "unpatch"):
+            (patched.add if e["op"] == "patch" else patched.discard)(e["symbol"])
+        elif e["op"] == "hot-remove" and "release_mem_region_adjustable" in patched:
+            broken[checks.SYSRAM_WITHOUT_MEMORY_BLOCK].update(e["blocks"])
+        elif e["op"] == "poke" and e.get("what") == "page->flags":
+            broken[checks.VMEMMAP_SELF_HOSTED_MISMATCH].add(e["block"])
+        elif e["op"] == "poke" and e.get("what") == "memory_block.nr_vmemmap_pages":
+            broken[checks.VMEMMAP_PAGES_MISCOUNTED].add(e["block"])
+    return broken
+
+
+def found_blocks(model: Model, finding: Finding) -> Set[int]:
+    """The blocks a finding is about: its block, else those of its pfn range."""
+    if finding.block is not None:
+        return {finding.block}
+    per_block = model.kernel.pages_per_block
+    return set(range(finding.start_pfn // per_block, -(-finding.end_pfn // per_block)))
+
+
 @pytest.mark.parametrize("key", CELLS, ids="-".join)
 def test_findings_equal_the_guest_truth(key):
     truth, model = cell(key).truth, model_of(key)
@@ -136,8 +165,11 @@ def test_findings_equal_the_guest_truth(key):
     # virtio_mem_bad flavour pokes memory_group.nid): each of its blocks.
     mismatched = {f.block for f in findings if f.kind == checks.MEMORY_GROUP_MISMATCH}
     assert mismatched == poked_group_blocks(truth)
+    # memmap_on_memory and System RAM rules the bed broke (memmap_on_memory_bad).
+    for kind, blocks in broken_blocks(truth).items():
+        assert set().union(*(found_blocks(model, f) for f in findings if f.kind == kind)) == blocks, kind
     accounted = {checks.ORPHANED_LINK, checks.MISSING_LINK, checks.PFN_VALID_MISMATCH,
-                 checks.MEMORY_GROUP_MISMATCH}
+                 checks.MEMORY_GROUP_MISMATCH, *broken_blocks(truth)}
     assert [f.reason for f in findings if f.severity in SERIOUS and f.kind not in accounted] == []
     assert model.unreadable == []
 

@@ -373,7 +373,8 @@ def poke_nr_vmemmap_pages(g: LiveGuest, block: int, value: int) -> dict:
         address = mem + NR_VMEMMAP_PAGES_61
         old = int.from_bytes(gdb.read(address, 8), "little")
         gdb.write(address, value.to_bytes(8, "little"))
-    return g.record(op="poke", what=f"memory{block} nr_vmemmap_pages", address=address, old=old, new=value)
+    return g.record(op="poke", what="memory_block.nr_vmemmap_pages", block=block, address=address,
+                    old=old, new=value)
 
 
 def clear_page_flag(g: LiveGuest, pfn: int, bit: int) -> dict:
@@ -384,8 +385,8 @@ def clear_page_flag(g: LiveGuest, pfn: int, bit: int) -> dict:
         address = base + pfn * STRUCT_PAGE_BYTES
         old = int.from_bytes(gdb.read(address, 8), "little")
         gdb.write(address, (old & ~(1 << bit)).to_bytes(8, "little"))
-    return g.record(op="poke", what=f"page->flags bit {bit} of pfn {pfn:#x}", address=address,
-                    old=f"{old:#x}", new=f"{old & ~(1 << bit):#x}")
+    return g.record(op="poke", what="page->flags", bit=bit, pfn=pfn, block=pfn * 4096 // g.block_size,
+                    address=address, old=f"{old:#x}", new=f"{old & ~(1 << bit):#x}")
 
 
 # ---------------------------------------------------------------- kmem
