@@ -21,6 +21,8 @@ kernfs        ``struct kernfs_node`` and directory walks (sysfs)
 links         nodeN/memoryM and memoryM/nodeN sysfs links
 page          a block's node from ``page->flags`` or ``section_to_node_table``
 pfn_valid     the functions inlined into an arch ``pfn_valid()``
+iomem         the ``iomem_resource`` tree   (kernel/resource.c)
+vmemmap       self-hosted memmaps (memmap_on_memory)
 compose       ``read_model()``: the whole Model from all of the above
 ============  ===============================================================
 """
