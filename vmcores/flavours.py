@@ -421,10 +421,11 @@ def kmem_steps(g: LiveGuest) -> None:
     dax = g.run(f"cat {nd}/devices/region0/dax_seed").strip()
     g.run(f"cd {nd}/devices/{dax} && cat /proc/sys/kernel/random/uuid > uuid && echo ram > mode"
           f" && echo namespace0.0 > namespace")
-    g.run(f"echo {dax} > {nd}/drivers/dax_pmem/bind")
+    # The nd bus may have probed the device once its namespace was set.
+    g.run(f"echo {dax} > {nd}/drivers/dax_pmem/bind 2>/dev/null || test -e {nd}/devices/{dax}/driver")
     g.wait_guest(f"test -e {DAX}/devices/dax0.0")
     g.record(op="devdax", start=KMEM_START, size=KMEM_SIZE, nd_device=dax, dax_device="dax0.0")
-    g.run(f"test -e {DAX}/devices/dax0.0/driver && echo dax0.0 > {DAX}/drivers/device_dax/unbind || true")
+    release_from_device_dax(g)
     # new_id both allows and attaches the device (dax bus do_id_store()).
     g.run(f"echo dax0.0 > {DAX}/drivers/kmem/new_id")
     blocks = kmem_added(g, "kmem-add")
@@ -435,9 +436,15 @@ def kmem_steps(g: LiveGuest) -> None:
     g.run(f"echo dax0.0 > {DAX}/drivers/kmem/unbind")
     g.wait_guest(" && ".join(f"! test -e /sys/devices/system/memory/memory{b}" for b in blocks))
     g.record(op="kmem-remove", dax_device="dax0.0", blocks=blocks)
+    release_from_device_dax(g)
     g.run(f"echo dax0.0 > {DAX}/drivers/kmem/bind")
     blocks = kmem_added(g, "kmem-add")
     g.online(blocks[0], "online_movable")
+
+
+def release_from_device_dax(g: LiveGuest) -> None:
+    """Unbind dax0.0 from device_dax, the dax bus's default driver, if it took it."""
+    g.run(f"if [ -e {DAX}/drivers/device_dax/dax0.0 ]; then echo dax0.0 > {DAX}/drivers/device_dax/unbind; fi")
 
 
 def kmem_added(g: LiveGuest, op: str) -> list[int]:
