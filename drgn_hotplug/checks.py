@@ -794,14 +794,14 @@ def block_flavour(model: Model, block_id: int) -> Optional[Dict[str, Any]]:
     out: Dict[str, Any] = {"managed_by": _driver_name(resource, group), "iomem": None,
                            "memory_group": group_facts(group)}
     if resource is not None:
-        out["iomem"] = {"name": resource.name, "start": resource.start, "end": resource.end,
+        out["iomem"] = {"name": resource.name, "range": f"{resource.start:#x}-{resource.end:#x}",
                         "flags": list(resource.flag_names)}
     runs = model.offline_runs.get(block_id)
     if runs is not None:
         offline = sum(end - start for start, end in runs)
         out.update(plugged_pages=model.kernel.pages_per_block - offline,
                    page_offline_pages=offline,
-                   page_offline_runs=[[start, end] for start, end in runs[:MAX_LISTED]])
+                   page_offline_pfns=[f"{start:#x}-{end - 1:#x}" for start, end in runs[:MAX_LISTED]])
     return out
 
 
