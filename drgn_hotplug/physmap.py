@@ -513,8 +513,9 @@ def plan(model: Model, findings: Sequence[Finding]) -> PhysMap:
     placed, unplaced = finding_marks(model, findings, node_of)
     marks += placed
     for mark in marks:
-        if mark.finding is None:
-            mark.facts = explainer(mark.start, mark.end, mark.node)
+        explained = explainer(mark.start, mark.end, mark.node)
+        # A finding keeps its own facts, then those of the pfns it is drawn over.
+        mark.facts = explained if mark.finding is None else {**mark.facts, "drawn_over": explained}
     layout = Layout.of(RangeSet((m.start, m.end) for m in marks))
     boxes, labels, y = _stack(layout, marks, HEADER)
     # Drawing order: ranges, then findings widest first, so a finding

@@ -92,13 +92,13 @@ def scratch(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("map")
 
 
-def chromium(action: str, page: Path, *options: str) -> str:
+def chromium(action: str, page: Path, *options: str, fragment: str = "") -> str:
     binary = shutil.which("chromium")
     if binary is None:
         pytest.fail("chromium is not installed (scripts/setup.sh installs it)")
     return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu",
                            "--hide-scrollbars", "--force-device-scale-factor=1", *options,
-                           action, page.resolve().as_uri()],
+                           action, page.resolve().as_uri() + fragment],
                           capture_output=True, text=True, timeout=120, check=True).stdout
 
 
@@ -258,3 +258,16 @@ def test_svg_output_renders_the_same_findings(scratch):
     parser.feed(chromium("--dump-dom", svg))
     assert sorted(map(dom_drawn, parser.findings), key=repr) == \
         sorted(expected_drawn(document), key=repr)
+
+
+def test_the_page_script_pins_a_finding_named_in_the_url(scratch):
+    """The page's script runs in Chromium: PAGE#finding=N fills the facts
+    panel with finding N's facts and those of the pfns it is drawn over."""
+    _, document = checked("x86_64-6.1-orphan")
+    _, page, _, _ = rendered("x86_64-6.1-orphan", scratch)
+    n = next(i for i, f in enumerate(document["findings"])
+             if (f["kind"], f.get("node"), f.get("block")) == ("orphaned-link", 1, 32))
+    dom = chromium("--dump-dom", page, fragment=f"#finding={n}")
+    panel = dom[dom.index('<pre id="panel">'):dom.index("</pre>")]
+    assert "error orphaned-link node1/memory32" in panel
+    assert "pfns: 0x100000-0x107fff" in panel and "present: 0" in panel
