@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import checks, kernels, report
 from .model import (HAS_MEM_MAP, IS_EARLY, IS_ONLINE, TAINT_ZONE_DEVICE, Finding, Model,
-                    SectionTable)
+                    SectionTable, valid_section)
 from .ranges import RangeSet, bitmap_runs
 
 # Geometry in CSS pixels.
@@ -415,7 +415,9 @@ def section_marks(model: Model, sets, node_of: _Nodes) -> List[Mark]:
 
 
 def subsection_marks(model: Model, node_of: _Nodes) -> List[Mark]:
-    """Active and inactive subsection runs of the sections whose map is partial."""
+    """Active and inactive subsection runs of the valid sections whose map
+    is partial (early ones too: arm64 5.10's first section maps only the
+    flash's subsections, though pfn_valid() asks memblock there)."""
     kernel = model.kernel
     if not kernels.subsections_exist(kernel):
         return []
@@ -424,7 +426,7 @@ def subsection_marks(model: Model, node_of: _Nodes) -> List[Mark]:
     shift = kernel.pfn_section_shift
     sub_shift = kernel.subsection_shift - kernel.page_shift
     marks = []
-    for nr, bitmap in SectionTable.of(model.sections).maps_where(checks.valid_not_early):
+    for nr, bitmap in SectionTable.of(model.sections).maps_where(valid_section):
         if bitmap is None or bitmap & full == full:
             continue
         base = nr << shift
@@ -694,11 +696,13 @@ def _shade(picture: PhysMap, box: Box) -> str:
 
 
 def _band_extent(picture: PhysMap, y: float) -> Tuple[float, float]:
+    """(top, bottom) of the lanes of the band holding ``y``."""
     titles = [ly for ly, _, _, band in picture.lane_labels if band]
     i = bisect.bisect_right(titles, y) - 1
-    top = titles[i] + BAND_TITLE
-    bottom = titles[i + 1] - BAND_GAP if i + 1 < len(titles) else picture.height - BAND_GAP
-    return top, bottom
+    below = titles[i + 1] if i + 1 < len(titles) else picture.height
+    lanes = [(ly, ly + height) for ly, height, _, band in picture.lane_labels
+             if not band and titles[i] < ly < below]
+    return lanes[0][0], lanes[-1][1]
 
 
 def _rect(box: Box, index: int, title: Optional[str]) -> str:
