@@ -899,7 +899,14 @@ def check_sysram_blocks(ctx: _Context) -> List[Finding]:
     size = model.kernel.memory_block_size
     findings = []
     for resource in model.iomem:
-        if resource.depth or not resource.system_ram or resource.end < resource.start:
+        # The memory itself is named "System RAM" or "System RAM (driver)"
+        # (add_memory_driver_managed() requires that name), at any depth; a
+        # driver's container of it is not: virtio-mem reserves its whole
+        # device region as "virtio0" with IORESOURCE_SYSTEM_RAM
+        # (virtio_mem_create_resource()), blocks added as it plugs, and
+        # dax_kmem marks its "dax0.0" the same way.
+        if not resource.system_ram or not resource.name.startswith("System RAM") \
+                or resource.end < resource.start:
             continue
         missing = [b for b in range(resource.start // size, resource.end // size + 1)
                    if b not in ctx.blocks]
