@@ -32,6 +32,7 @@ from .guest import QEMU_KDUMP_FORMATS, X86_CMDLINE, GuestSpec
 from .initramfs import build_initramfs
 from .packages import Kernel, cache_root, fetch_busybox, fetch_kernel, kernels, series
 from .flavours import FLAVOURS, Flavour
+from .virtio_mem_bed import FLAVOURS as VIRTIO_MEM_FLAVOURS
 from .scenarios import SCENARIOS, LiveGuest, Scenario
 
 # Series ids per arch, from the series table (vmcores.packages.SERIES).
@@ -41,11 +42,9 @@ KERNELS = kernels()
 # (packages are keyed by their version instead), per arch.
 BED_FILES = ("initramfs.py", "guest.py", "scenarios.py", "truth.py", "dumpfmt.py")
 ARCH_BED_FILES = {"x86_64": (), "arm64": ("aarch64.py", "arm64_bed.py")}
-# A flavour cell's hash also covers the flavours' module.
-FLAVOUR_BED_FILES = ("flavours.py",)
 
 # Every scenario by name: the classic ones, then the flavours.
-ALL_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, **FLAVOURS}
+ALL_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, **FLAVOURS, **VIRTIO_MEM_FLAVOURS}
 
 
 def matrix() -> list[tuple[str, str, str]]:
@@ -70,9 +69,11 @@ def runs_on(s: Scenario, arch: str, kernel: str, kernels: list[str]) -> bool:
 @functools.lru_cache(maxsize=None)
 def bed_hash(arch: str, scenario: str = "boot") -> str:
     """A short hash of the code that makes a cell of ``scenario`` on ``arch``
-    (BED_FILES, the arch's files, and for a flavour FLAVOUR_BED_FILES)."""
+    (BED_FILES, the arch's files, and for a flavour the modules it names,
+    Flavour.bed_files)."""
     h = hashlib.sha256()
-    flavour_files = FLAVOUR_BED_FILES if isinstance(ALL_SCENARIOS.get(scenario), Flavour) else ()
+    s = ALL_SCENARIOS.get(scenario)
+    flavour_files = s.bed_files if isinstance(s, Flavour) else ()
     for name in BED_FILES + ARCH_BED_FILES[arch] + flavour_files:
         path = Path(__file__).with_name(name)
         if path.exists():
