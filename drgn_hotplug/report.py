@@ -452,16 +452,22 @@ def flavour_text(flavour: Optional[Dict[str, Any]], kernel: KernelFacts) -> str:
     >>> flavour_text({"managed_by": "virtio_mem", "memory_group": {"kind": "dynamic", "nid": 1},
     ...               "plugged_pages": 18432, "page_offline_pages": 14336}, k)
     'virtio_mem (dynamic group, node1): 72 MiB plugged, 56 MiB unplugged (PageOffline)'
+    >>> flavour_text({"managed_by": "kmem", "memory_group": {"kind": "static", "nid": 1},
+    ...               "plugged_pages": 32768, "page_offline_pages": 0}, k)
+    'kmem (static group, node1)'
     """
     if not flavour:
         return "-"
     group = flavour.get("memory_group")
     text = flavour["managed_by"] + (f" ({group['kind']} group, node{group['nid']})" if group else "")
-    if "plugged_pages" in flavour:
-        text += (f": {human_size(flavour['plugged_pages'] << kernel.page_shift)} plugged, "
-                 f"{human_size(flavour['page_offline_pages'] << kernel.page_shift)} "
-                 "unplugged (PageOffline)")
-    return text
+    offline = flavour.get("page_offline_pages")
+    if offline is None:
+        return text
+    if group and group["kind"] == "dynamic":
+        # Only virtio-mem registers dynamic groups; its unplugged sub-blocks are PageOffline.
+        return text + (f": {human_size(flavour['plugged_pages'] << kernel.page_shift)} plugged, "
+                       f"{human_size(offline << kernel.page_shift)} unplugged (PageOffline)")
+    return text + (f": {human_size(offline << kernel.page_shift)} PageOffline" if offline else "")
 
 
 def render_links(model: Model) -> str:
