@@ -68,6 +68,15 @@ def read_memory_groups(target: Target, facts: KernelFacts, blocks: Sequence[Memo
     layout = group_layout(target)
     if layout is None:
         return [], {}
+    try:
+        registered = list(_registered_groups(target).values())
+    except ReadError as error:
+        unreadable.append(Unreadable("memory_groups xarray", error.reason, error.address))
+        registered = None
+    if registered == []:
+        # No group registered, so no block names one (memory_group_unregister()
+        # refuses a group with blocks): skip a read per block (32K on 64 TB).
+        return [], {}
     block_groups = {}
     for block in blocks:
         try:
@@ -78,14 +87,9 @@ def read_memory_groups(target: Target, facts: KernelFacts, blocks: Sequence[Memo
             continue
         if group:
             block_groups[block.id] = group
-    try:
-        registered = list(_registered_groups(target).values())
-    except ReadError as error:
-        unreadable.append(Unreadable("memory_groups xarray", error.reason, error.address))
-        registered = []
     by_address = {block.address: block.id for block in blocks}
     groups = []
-    for address in dict.fromkeys(registered + sorted(set(block_groups.values()))):
+    for address in dict.fromkeys((registered or []) + sorted(set(block_groups.values()))):
         try:
             groups.append(_group(target, address, layout, by_address, len(blocks)))
         except ReadError as error:
