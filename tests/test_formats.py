@@ -1,39 +1,72 @@
-"""Every dump format of every bed cell gives the findings of the cell's
-reference dump: QEMU's ELF with and without paging, QEMU's kdump-zlib as
-QEMU writes it (a flattened stream with an empty machine field, read in
-place), makedumpfile's ELF, flattened and lzo outputs at its filtered level
-(cell.json ``dumps``; the reference of each in vmcores.cells.DUMP_FILES:
-vmcore.kdump, or vmcore-filtered.kdump for the same filter), each through
-``drgn-hotplug check --json`` as a user runs it, naming the format.
+"""Every dump of the bed, in every format, through one ``drgn-hotplug scan``.
 
-Cells are built on first use (vmcores.build_cell caches them): ``slow``.
+One scan (``--jobs 2``, the vmlinux found by build ID in the bed's kernel
+directory) runs over every cell's dumps (cell.json ``dumps``: QEMU's ELF with
+and without paging, QEMU's kdump-zlib as QEMU writes it, a flattened stream
+with an empty machine field read in place; makedumpfile's kdump, lzo, ELF and
+flattened outputs at its filtered level) and over the mutated dumps of
+tests/test_corpus.py's slice of the mutation corpus. Its JSON lines must give,
+per dump:
+
+- for a bed dump, the exit status and findings of ``check`` on the dump's
+  reference (vmcores.cells.DUMP_FILES: vmcore.kdump, or vmcore-filtered.kdump
+  for the same filter), checked in this process (cli.render_command on the
+  model read here): every format reads as its reference does, and scan says
+  what check says (a reference's own line is check's on that very dump);
+- for a corpus dump, the exit status and findings, or the one-line reason,
+  of a ``drgn-hotplug check --json`` process on the same dump;
+- on one cell of each arch, every format also through ``drgn-hotplug -c DUMP
+  -s VMLINUX check --json`` as a user runs it.
+
+Then: the /proc/vmcore of a kdump kernel (vmcores/kdump.py) gives the crashed
+kernel's truth, debug info is found by build ID, a bad worker is a line of its
+own, and the GNU parallel fleet recipe. Cells are built on first use
+(vmcores.build_cell caches them): ``slow``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 import vmcores
+from vmcores import corpus
 from vmcores.cells import DUMP_FILES, matrix
 
 pytest.importorskip("drgn")
 pytestmark = pytest.mark.slow
 
 CELLS = matrix()
-# What QEMU writes for every cell (Debian's QEMU 7.2 offers kdump-zlib only).
+# What QEMU writes for every cell: its 7.2 offers kdump-zlib only
+# (query-dump-guest-memory-capability: elf, kdump-zlib, win-dmp).
 QEMU_DUMPS = {"vmcore-qemu.elf", "vmcore-qemu-paging.elf", "vmcore-qemu-kdump-zlib.flat"}
 # makedumpfile 1.7.2 reads x86_64 QEMU dumps without the vmlinux (not arm64's:
 # "Can't get the address of system_utsname"); its -d 31 fails on the pmem cells.
 MAKEDUMPFILE_DUMPS = {"vmcore-filtered.kdump", "vmcore-filtered-lzo.kdump", "vmcore-filtered.flat",
                       "vmcore-filtered.elf"}
+# The dumps that also go through the CLI as a user runs it: on x86_64 every
+# format and writer of the bed; on arm64 the two QEMU formats drgn_hotplug
+# reads itself (its paging ELF by physical address, its flattened kdump).
+CLI_DUMPS = {("x86_64", "6.1", "orphan"): None,
+             ("arm64", "6.1", "orphan"): ("vmcore-qemu-paging.elf", "vmcore-qemu-kdump-zlib.flat")}
+CLI_CELLS = list(CLI_DUMPS)
+# tests/test_corpus.py's slice of the corpus.
+CORPUS_SEED, CORPUS_TOTAL, CORPUS_STEP = 1, 1000, 25
+# The /proc/vmcore cells (vmcores/kdump.py): 6.1 and the newest series.
+KDUMP_CELLS = [("x86_64", "6.1", "orphan"), ("x86_64", "7.x", "orphan")]
+
+logging.getLogger("drgn").setLevel(logging.ERROR)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,8 +74,27 @@ def cell(arch: str, kernel: str, scenario: str) -> vmcores.Cell:
     return vmcores.build_cell(arch, kernel, scenario)
 
 
-def check_json(dump: Path, vmlinux: Path) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "drgn_hotplug.cli", "-c", str(dump), "-s", str(vmlinux),
+def kernels_dir(c: vmcores.Cell) -> Path:
+    """The bed's directory of every kernel (each vmlinux in a subdirectory)."""
+    return c.vmlinux.parent.parent
+
+
+@functools.lru_cache(maxsize=None)
+def checked_here(dump: Path, vmlinux: Path) -> tuple[int, dict]:
+    """What ``drgn-hotplug -c DUMP -s VMLINUX check --json`` gives (exit
+    status, document), computed in this process as cli.main does it."""
+    from drgn_hotplug import cli, report
+
+    prog, dump_format = cli.open_target(core=str(dump), symbols=[str(vmlinux)])
+    model = cli.read_model_checked(prog)
+    model.kernel = dataclasses.replace(model.kernel, dump_format=dump_format)
+    text, status = cli.render_command(model, "check", as_json=True, version=report.package_version())
+    return status, json.loads(text)
+
+
+def check_json(dump: Path, *options: str) -> tuple[int, dict]:
+    """``drgn-hotplug -c DUMP OPTIONS check --json`` as a process: (exit status, document)."""
+    proc = subprocess.run([sys.executable, "-m", "drgn_hotplug.cli", "-c", str(dump), *options,
                            "check", "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode in (0, 1), f"{dump.name}: exit {proc.returncode}: {proc.stderr.strip()}"
     return proc.returncode, json.loads(proc.stdout)
@@ -52,34 +104,200 @@ def comparable(doc: dict) -> list[tuple]:
     """The findings as comparable rows; an unreadable object's reason quotes
     the reader's own fault text, so only what and where are compared."""
     rows = []
-    for f in doc["findings"]:
+    for f in doc.get("findings") or []:
         reason = "" if f["kind"] == "unreadable" else f["reason"]
         rows.append((f["kind"], f["severity"], f.get("start_pfn"), f.get("end_pfn"), f.get("node"),
                      f.get("block"), reason, f.get("facts", {}).get("address") if not reason else None))
     return sorted(rows, key=repr)
 
 
+# ---------------------------------------------------------------- one scan over every dump
+
+@dataclasses.dataclass
+class ScanRun:
+    """One ``drgn-hotplug scan`` over the selected cells and the corpus slice."""
+
+    status: int
+    lines: dict[str, dict]          # by path
+    stderr: str
+    seconds: float
+    cells: dict[tuple, vmcores.Cell]
+    corpus: dict[str, corpus.Case]  # mutated dump -> its case
+    listings: dict[tuple, tuple[list, list]]   # cell -> its files before and after
+
+
+def scanned_cells(session) -> list[tuple]:
+    """The cells of the selected per-cell format tests, and CLI_CELLS."""
+    keys = {tuple(item.callspec.params["key"]) for item in session.items
+            if getattr(item, "originalname", "") == "test_every_format_gives_the_reference_findings"
+            and item.module.__name__ == __name__}
+    return sorted(keys | set(CLI_CELLS))
+
+
+def corpus_slice(scratch: Path) -> dict[str, corpus.Case]:
+    """The mutated, truncated and synthetic dumps of the corpus slice whose
+    command is ``check`` (the intact source dumps are the cells' own)."""
+    cases = corpus.generate(CORPUS_SEED, CORPUS_TOTAL, scratch)[::CORPUS_STEP]
+    dumps: dict[str, corpus.Case] = {}
+    for case in cases:
+        if case.command[0] == "check" and (case.make or case.truncate is not None or case.patches
+                                          or case.file_patches):
+            dumps[corpus.prepare_core(case, scratch)] = case
+    return dumps
+
+
+@pytest.fixture(scope="module")
+def scan_run(request, tmp_path_factory) -> ScanRun:
+    """The scan over the selected cells' dumps and the corpus slice; the
+    reference dumps are checked in this process meanwhile."""
+    cells = {key: cell(*key) for key in scanned_cells(request.session)}
+    scratch = tmp_path_factory.mktemp("corpus")
+    mutated = corpus_slice(scratch)
+    before = {key: sorted(os.listdir(c.dir)) for key, c in cells.items()}
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "drgn_hotplug.cli", "scan", "--jobs", "2",
+                             "--debug-dir", str(kernels_dir(next(iter(cells.values())))),
+                             *(str(c.dir) for c in cells.values()), *mutated],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The references are read here while the scan's workers run.
+    for c in cells.values():
+        for name in ("vmcore.kdump", "vmcore-filtered.kdump"):
+            if name in c.dumps:
+                checked_here(c.dir / name, c.vmlinux)
+    out, err = proc.communicate(timeout=3600)
+    seconds = time.monotonic() - start
+    lines = [json.loads(line) for line in out.splitlines()]
+    print(f"\nscan of {len(lines)} dumps: {seconds:.0f} s", file=sys.stderr)
+    yield ScanRun(proc.returncode, {line["path"]: line for line in lines}, err, seconds, cells, mutated,
+                  {key: (before[key], sorted(os.listdir(c.dir))) for key, c in cells.items()})
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 @pytest.mark.parametrize("key", CELLS, ids="/".join)
-def test_every_format_gives_the_reference_findings(key):
-    c = cell(*key)
+def test_every_format_gives_the_reference_findings(key, scan_run):
+    c = scan_run.cells[key]
     dumps = c.dumps
     assert QEMU_DUMPS <= set(dumps), f"the bed did not keep QEMU's dumps: {sorted(dumps)}"
     if key[0] == "x86_64" and c.meta.get("filtered_kdump_error") is None:
         assert MAKEDUMPFILE_DUMPS <= set(dumps)
-    before = sorted(os.listdir(c.dir))
-    references = {name: check_json(c.dir / name, c.vmlinux)
-                  for name in ("vmcore.kdump", "vmcore-filtered.kdump") if name in dumps}
     for name, entry in dumps.items():
-        status, doc = check_json(c.dir / name, c.vmlinux)
-        ref_status, ref = references[DUMP_FILES[name]["reference"]]
-        assert doc["kernel"]["dump_format"].split(" (")[0] == entry["format"], name
-        assert (status, comparable(doc)) == (ref_status, comparable(ref)), name
-        assert doc["kernel"]["release"] == ref["kernel"]["release"]
+        line = scan_run.lines[str(c.dir / name)]
+        ref_status, ref = checked_here(c.dir / DUMP_FILES[name]["reference"], c.vmlinux)
+        assert line["exit_status"] == ref_status, f"{name}: {line['verdict']}: {line.get('reason')}"
+        assert line["format"].split(" (")[0] == entry["format"], name
+        assert (line["exit_status"], comparable(line)) == (ref_status, comparable(ref)), name
+        assert line["release"] == ref["kernel"]["release"] and len(line["build_id"]) == 40, name
     # Nothing was written beside the dumps (no reassembled or converted copy).
-    assert sorted(os.listdir(c.dir)) == before
+    assert scan_run.listings[key][0] == scan_run.listings[key][1]
 
 
-@pytest.mark.parametrize("key", [("x86_64", "6.1", "orphan"), ("arm64", "6.1", "orphan")], ids="/".join)
+def test_scan_lines_are_the_dumps_and_the_summary(scan_run):
+    expected = {str(c.dir / name) for c in scan_run.cells.values() for name in c.dumps} | set(scan_run.corpus)
+    assert set(scan_run.lines) == expected
+    assert scan_run.status == 2   # the corpus has dumps nobody can analyse
+    assert f"dumps: {len(expected)} (" in scan_run.stderr and "orphaned-link/error" in scan_run.stderr
+
+
+def test_scan_equals_check_on_the_corpus_slice(scan_run):
+    """Each mutated, truncated or synthetic dump: the scan line has the exit
+    status and the findings, or the one-line reason, of ``check``."""
+    options = ["--debug-dir", str(kernels_dir(scan_run.cells[CLI_CELLS[0]]))]
+
+    def check(path: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "drgn_hotplug.cli", "-c", path, *options, "check", "--json"],
+                              capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(2) as pool:
+        checks = dict(zip(scan_run.corpus, pool.map(check, scan_run.corpus)))
+    for path, proc in checks.items():
+        line, case = scan_run.lines[path], scan_run.corpus[path]
+        assert line["exit_status"] == proc.returncode, f"case {case.id} {case.description}"
+        if proc.returncode == 2:
+            assert line["verdict"] == "unanalysable"
+            assert "drgn-hotplug: " + line["reason"] == proc.stderr.strip(), case.description
+        else:
+            assert comparable(line) == comparable(json.loads(proc.stdout)), case.description
+    assert len(checks) >= 10 and {p.returncode for p in checks.values()} >= {1, 2}
+
+
+@pytest.mark.parametrize("key", CLI_CELLS, ids="/".join)
+def test_check_cli_equals_the_scan_line(key, scan_run):
+    """``drgn-hotplug -c DUMP -s VMLINUX check --json`` as a user runs it
+    (CLI_DUMPS): the scan's line for the dump."""
+    c = scan_run.cells[key]
+    for name in CLI_DUMPS[key] or c.dumps:
+        status, doc = check_json(c.dir / name, "-s", str(c.vmlinux))
+        line = scan_run.lines[str(c.dir / name)]
+        assert doc["kernel"]["dump_format"] == line["format"] and doc["kernel"]["release"] == line["release"]
+        assert (status, comparable(doc)) == (line["exit_status"], comparable(line)), name
+        assert doc["summary"] == line["summary"]
+
+
+def test_gnu_parallel_shards_concatenate_into_one_run(tmp_path, scan_run):
+    """The README's fleet recipe, run for real: GNU parallel runs the
+    shards; their JSON lines are the lines of the one scan over the cell."""
+    if not shutil.which("parallel"):
+        pytest.skip("GNU parallel is not installed (scripts/setup.sh installs it)")
+    c = scan_run.cells[CLI_CELLS[0]]
+    whole = [scan_run.lines[str(c.dir / name)] for name in c.dumps]
+    recipe = (f"seq 0 2 | parallel -j 2 {sys.executable} -m drgn_hotplug.cli scan --shard {{}}/3 "
+              f"--debug-dir {kernels_dir(c)} {c.dir} > {tmp_path}/all.jsonl")
+    subprocess.run(["bash", "-c", recipe], check=False, timeout=900, cwd=Path(__file__).parent.parent)
+    shards = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    strip = lambda lines: sorted((l["path"], l["exit_status"], json.dumps(l.get("findings"))) for l in lines)
+    assert strip(shards) == strip(whole)
+    assert all(line["verdict"] == "findings" for line in whole)
+
+
+def test_scan_survives_bad_workers(tmp_path):
+    """A truncated dump and a dump whose worker hangs (a FIFO nobody writes:
+    open() blocks) are lines of their own; the run goes on to the end."""
+    c = cell(*CLI_CELLS[0])
+    with open(c.dir / "vmcore-qemu-kdump-zlib.flat", "rb") as f:
+        (tmp_path / "truncated.flat").write_bytes(f.read(3_000_000))
+    os.mkfifo(tmp_path / "hangs.kdump")
+    proc = subprocess.run([sys.executable, "-m", "drgn_hotplug.cli", "scan", str(tmp_path / "hangs.kdump"),
+                           str(tmp_path / "truncated.flat"), str(c.dir / "vmcore-filtered.kdump"),
+                           "--jobs", "2", "--timeout", "15", "--debug-dir", str(kernels_dir(c))],
+                          capture_output=True, text=True, timeout=300)
+    by_path = {line["path"]: line for line in map(json.loads, proc.stdout.splitlines())}
+    assert by_path[str(tmp_path / "hangs.kdump")]["verdict"] == "timeout"
+    assert by_path[str(tmp_path / "truncated.flat")]["verdict"] == "unanalysable"
+    assert "truncated" in by_path[str(tmp_path / "truncated.flat")]["reason"]
+    assert by_path[str(c.dir / "vmcore-filtered.kdump")]["verdict"] == "findings"
+    assert proc.returncode == 2
+    assert "timeout 1" in proc.stderr and "orphaned-link/error 2" in proc.stderr
+
+
+# ---------------------------------------------------------------- /proc/vmcore of a kdump kernel
+
+@pytest.mark.parametrize("key", KDUMP_CELLS, ids="/".join)
+def test_proc_vmcore_of_a_kdump_kernel_gives_the_crashed_kernels_truth(key):
+    """The guest crashed (sysrq c) after its scenario; its kdump kernel copied
+    /proc/vmcore out (vmcores/kdump.py). ``check`` on that ELF, vmlinux found
+    by build ID, finds the orphaned links the crashed kernel's sysfs showed,
+    and nothing else serious; its blocks are the crashed kernel's."""
+    from drgn_hotplug import checks, cli, dumps
+    from vmcores.kdump import build_proc_vmcore
+
+    kd = build_proc_vmcore(*key)
+    status, doc = check_json(kd.vmcore, "--debug-dir", str(kd.vmlinux.parent.parent))
+    assert status == 1 and doc["kernel"]["dump_format"] == "elf"
+    orphaned = {(f["node"], f["block"]) for f in doc["findings"] if f["kind"] == checks.ORPHANED_LINK}
+    assert orphaned == {(d["node"], d["block"]) for d in kd.truth["dangling_links"]} != set()
+    assert [f for f in doc["findings"] if f["severity"] != "info" and f["kind"] != checks.ORPHANED_LINK] == []
+    prog = dumps.open_dump(str(kd.vmcore)).prog
+    prog.load_debug_info([str(kd.vmlinux)])
+    # The crashed kernel's vmcoreinfo_data points into the crash kernel's
+    # reservation, which /proc/vmcore leaves out: its note answers.
+    assert dumps.map_vmcoreinfo_safe_copy(prog)
+    model = cli.read_model_checked(prog)
+    assert {(b.id, b.state) for b in model.blocks} == {(t["block"], t["state"]) for t in kd.truth["memory_blocks"]}
+
+
+# ---------------------------------------------------------------- formats on the kernel line, lzo, truncation
+
+@pytest.mark.parametrize("key", CLI_CELLS, ids="/".join)
 def test_qemu_kdump_names_its_format_on_the_kernel_line(key):
     c = cell(*key)
     proc = subprocess.run([sys.executable, "-m", "drgn_hotplug.cli", "-c", str(c.dir / "vmcore-qemu-kdump-zlib.flat"),
@@ -144,9 +362,8 @@ def test_vmlinux_found_by_build_id(tmp_path, key):
     """--debug-dir searched recursively among every bed kernel (other
     releases and the other arch included), and in the .build-id layout."""
     c = cell(*key)
-    reference = comparable(json.loads(run_check("-c", str(c.kdump), "-s", str(c.vmlinux)).stdout))
-    kernels_dir = c.vmlinux.parent.parent
-    found = run_check("-c", str(c.dir / "vmcore-qemu-kdump-zlib.flat"), "--debug-dir", str(kernels_dir))
+    reference = comparable(checked_here(c.kdump, c.vmlinux)[1])
+    found = run_check("-c", str(c.dir / "vmcore-qemu-kdump-zlib.flat"), "--debug-dir", str(kernels_dir(c)))
     assert found.returncode == 1, found.stderr
     assert comparable(json.loads(found.stdout)) == reference
     _, build_id = dump_identity(c)
@@ -167,57 +384,3 @@ def test_no_matching_vmlinux_is_one_line(tmp_path):
     release, build_id = dump_identity(c)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and release in proc.stderr and build_id in proc.stderr
-
-
-# ---------------------------------------------------------------- scan over many dumps
-
-def scan_lines(*args: str, cwd: Path | None = None) -> tuple[int, list[dict], str]:
-    proc = subprocess.run([sys.executable, "-m", "drgn_hotplug.cli", "scan", *args], capture_output=True,
-                          text=True, timeout=900, cwd=cwd)
-    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
-
-
-def test_scan_equals_check_per_dump_and_survives_bad_workers(tmp_path):
-    """Every dump of two cells (both arches, every format) plus a truncated
-    dump and a dump whose worker hangs (a FIFO nobody writes: open() blocks):
-    per dump the exit status and findings of ``check``; the hang is a line
-    of its own; the run goes on."""
-    cells = [cell("x86_64", "6.1", "orphan"), cell("arm64", "6.1", "orphan")]
-    with open(cells[0].dir / "vmcore-qemu-kdump-zlib.flat", "rb") as f:
-        (tmp_path / "truncated.flat").write_bytes(f.read(3_000_000))
-    os.mkfifo(tmp_path / "hangs.kdump")
-    kernels_dir = str(cells[0].vmlinux.parent.parent)
-    status, lines, err = scan_lines(*(str(c.dir) for c in cells), str(tmp_path / "truncated.flat"),
-                                    str(tmp_path / "hangs.kdump"), "--jobs", "2", "--timeout", "60",
-                                    "--debug-dir", kernels_dir)
-    by_path = {line["path"]: line for line in lines}
-    expected = {str(c.dir / name): c for c in cells for name in c.dumps}
-    assert set(by_path) == set(expected) | {str(tmp_path / "truncated.flat"), str(tmp_path / "hangs.kdump")}
-    for path, c in expected.items():
-        ref_status, ref = check_json(Path(path), c.vmlinux)
-        line = by_path[path]
-        assert (line["exit_status"], comparable({"findings": line["findings"]})) == (ref_status, comparable(ref))
-        assert line["format"].split(" (")[0] == c.dumps[Path(path).name]["format"]
-        assert line["release"] == ref["kernel"]["release"] and len(line["build_id"]) == 40
-    assert by_path[str(tmp_path / "truncated.flat")]["verdict"] == "unanalysable"
-    assert "truncated" in by_path[str(tmp_path / "truncated.flat")]["reason"]
-    assert by_path[str(tmp_path / "hangs.kdump")]["verdict"] == "timeout"
-    assert status == 2
-    assert "dumps: " in err and "orphaned-link/error" in err and "timeout 1" in err
-
-
-def test_gnu_parallel_shards_concatenate_into_one_run(tmp_path):
-    """The README's fleet recipe, run for real: GNU parallel runs the
-    shards, their JSON lines concatenate into the lines of one scan."""
-    if not shutil.which("parallel"):
-        pytest.skip("GNU parallel is not installed (scripts/setup.sh installs it)")
-    c = cell("x86_64", "6.1", "orphan")
-    kernels_dir = c.vmlinux.parent.parent
-    status, whole, _ = scan_lines(str(c.dir), "--jobs", "2", "--debug-dir", str(kernels_dir))
-    recipe = (f"seq 0 2 | parallel -j 2 {sys.executable} -m drgn_hotplug.cli scan --shard {{}}/3 "
-              f"--debug-dir {kernels_dir} {c.dir} > {tmp_path}/all.jsonl")
-    subprocess.run(["bash", "-c", recipe], check=False, timeout=900, cwd=Path(__file__).parent.parent)
-    shards = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
-    strip = lambda lines: sorted((l["path"], l["exit_status"], json.dumps(l.get("findings"))) for l in lines)
-    assert len(whole) == len(c.dumps) and strip(shards) == strip(whole)
-    assert status == 1 and all(line["verdict"] == "findings" for line in whole)
