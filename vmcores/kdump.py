@@ -1,11 +1,12 @@
 """A /proc/vmcore as a kdump kernel writes it: the bed's guest booted with
-``crashkernel=``, its capture kernel loaded, the scenario played, then
-crashed; the capture kernel copies its /proc/vmcore to a raw virtio disk.
+``crashkernel=`` plays its scenario, loads its capture kernel, records its
+truth and is crashed (sysrq c); the capture kernel copies its /proc/vmcore
+to a raw virtio disk.
 
 The capture kernel is the guest's own Debian kernel with the cell's
 initramfs (its command server comes up again after the crash), plus the
 virtio disk modules (vmcores.userland.disk_modules_cpio). It is loaded with
-the kexec_file_load syscall by a ten-line static C program compiled on the
+the kexec_file_load syscall by a small static C program compiled on the
 host (busybox has no kexec, and the initramfs has no other userland); the
 program, the kernel image and the capture initrd ride in an extra cpio
 appended to the first kernel's initrd. x86_64 only (arm64 is not tried).
