@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -68,6 +69,7 @@ def best_of(runs: int, action) -> float:
 
 def measure(label: str, dump: Path, vmlinux: Path, scratch: Path) -> dict:
     from drgn_hotplug import checks, cli, physmap
+    load = os.getloadavg()[0]
     command = [sys.executable, "-m", "drgn_hotplug.cli", "-c", str(dump), "-s", str(vmlinux)]
     page, svg = scratch / "map.html", scratch / "map.svg"
     map_wall, status = wall(command + ["map", "-o", str(page)])
@@ -87,7 +89,7 @@ def measure(label: str, dump: Path, vmlinux: Path, scratch: Path) -> dict:
             "findings": len(findings), "drawn": len(picture.boxes) + len(picture.unplaced),
             "map_wall": map_wall, "check_wall": check_wall, "html_s": html_s, "svg_s": svg_s,
             "html_bytes": page.stat().st_size, "svg_bytes": svg.stat().st_size,
-            "browser_s": browser_s}
+            "browser_s": browser_s, "load": load}
 
 
 def markdown(rows: List[dict]) -> str:
@@ -97,17 +99,19 @@ def markdown(rows: List[dict]) -> str:
              "`check` end to end are fresh processes (open the dump, load debug info, read, "
              "check; `map` then writes the page); the page alone is `physmap.write` on the "
              "model read once (best of 3); Chromium is `chromium --headless --dump-dom` "
-             "loading the HTML page (start-up included).", "",
+             "loading the HTML page (start-up included). Load is the 1-minute load average "
+             "when the target's measuring began: other helpers' QEMU builds share the 2 cores, "
+             "so end-to-end times above a few seconds are theirs as much as ours.", "",
              "| target | sections | blocks | findings | ranges drawn | map end to end (s) | "
              "check end to end (s) | page alone HTML / SVG (s) | HTML (KiB) | SVG (KiB) | "
-             "Chromium load (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Chromium load (s) | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         browser = "-" if r["browser_s"] is None else f"{r['browser_s']:.2f}"
         lines.append(f"| {r['target']} | {r['sections']} | {r['blocks']} | {r['findings']} | "
                      f"{r['drawn']} | {r['map_wall']:.2f} | {r['check_wall']:.2f} | "
                      f"{r['html_s']:.2f} / {r['svg_s']:.2f} | {r['html_bytes'] / 1024:.0f} | "
-                     f"{r['svg_bytes'] / 1024:.0f} | {browser} |")
+                     f"{r['svg_bytes'] / 1024:.0f} | {browser} | {r['load']:.1f} |")
     return "\n".join(lines + [END]) + "\n"
 
 
