@@ -586,7 +586,7 @@ def _unplaced(marks: Sequence[Mark], y: float, labels: List[Tuple[float, float, 
 _CSS = "\n".join(
     ["text{font:11px sans-serif;fill:#222}", ".title{font-size:15px;font-weight:bold}",
      ".band{font-weight:bold;font-size:12px}", ".lane{fill:#555}",
-     ".hole{fill:url(#hole)}", ".offline{fill-opacity:.45}",
+     ".hole{fill:url(#hole)}", ".axis{paint-order:stroke;stroke:#fff;stroke-width:3px}", ".offline{fill-opacity:.45}",
      "rect.mark,rect.finding{stroke:#fff;stroke-width:.5}",
      ".sub-inactive{stroke:#888!important;stroke-dasharray:2 1}",
      ".mb-nomap{stroke:#a07800!important}", ".sel{stroke:#000!important;stroke-width:2!important}",
@@ -652,27 +652,29 @@ def _legend(y: float, width: float) -> List[str]:
 
 
 def _axis(picture: PhysMap, y: float) -> List[str]:
-    """Hole glyphs down the whole height, and physical addresses along
-    each run: its start, then round addresses where there is room."""
+    """Hole glyphs down the whole height, then (over them, haloed)
+    physical addresses along each run: its start, then round addresses
+    where there is room."""
     shift = picture.page_shift
-    out = []
+    holes, labels = [], []
     label_end = -1e9
     for span in picture.layout.spans:
         if span.hole:
             size = report.human_size((span.end - span.start) << shift)
-            out.append(f'<rect class="hole" x="{span.x:.2f}" y="{y - 10}" width="{span.width:.2f}" '
-                       f'height="{picture.height - y + 10:.0f}" data-start-pfn="{span.start}" '
-                       f'data-end-pfn="{span.end}"><title>hole: pfns '
-                       f"{report.pfn_range(span.start, span.end)} ({size}): no section, memblock "
-                       "region, memory block or finding</title></rect>")
+            holes.append(f'<rect class="hole" x="{span.x:.2f}" y="{y - 10}" width="{span.width:.2f}" '
+                         f'height="{picture.height - y + 10:.0f}" data-start-pfn="{span.start}" '
+                         f'data-end-pfn="{span.end}"><title>hole: pfns '
+                         f"{report.pfn_range(span.start, span.end)} ({size}): no section, memblock "
+                         "region, memory block or finding</title></rect>")
             continue
         for pfn in tick_pfns(span):
             x, text = picture.layout.x(pfn), f"{pfn << shift:#x}"
-            if x > label_end:
-                out.append(f'<line x1="{x:.2f}" x2="{x:.2f}" y1="{y + 2}" y2="{y + 8}" '
-                           f'stroke="#444"/><text x="{x + 2:.2f}" y="{y}">{text}</text>')
+            if label_end < x and x + LABEL_CHAR_WIDTH * len(text) < picture.width:
+                labels.append(f'<line x1="{x:.2f}" x2="{x:.2f}" y1="{y + 2}" y2="{y + 8}" '
+                              f'stroke="#444"/><text class="axis" x="{x + 2:.2f}" y="{y}">'
+                              f"{text}</text>")
                 label_end = x + 8 + LABEL_CHAR_WIDTH * len(text)
-    return out
+    return holes + labels
 
 
 def tick_pfns(span: Span) -> List[int]:
