@@ -108,7 +108,7 @@ def inactive_subsections(model: Model) -> RangeSet:
 
 def poked_group_blocks(truth: dict) -> Set[int]:
     """The blocks of the flavour's memory group when the bed poked the
-    group's nid (vmcores.flavours.virtio_mem_bad_steps), else none."""
+    group's nid (vmcores.virtio_mem_bed.virtio_mem_bad_steps), else none."""
     if not any(e["op"] == "poke" and e.get("what") == "memory_group.nid" for e in truth["events"]):
         return set()
     return {b["block"] for b in truth["flavour"]["blocks"] if b["state"] != "absent"}
