@@ -247,8 +247,9 @@ def returning_at_once(g: LiveGuest, symbol: str) -> Iterator[None]:
 def poke_nr_vmemmap_pages(g: LiveGuest, block: int, value: int) -> dict:
     """Set a memory block's ``nr_vmemmap_pages`` over the gdbstub, found in
     the ``memory_blocks`` xarray (one xa_node: the bed's block ids are < 64)."""
+    memory_blocks = g.kallsyms_address("memory_blocks")  # before the gdbstub stops the guest
     with GdbRemote(g.gdb_port) as gdb:
-        head = int.from_bytes(gdb.read(g.kallsyms_address("memory_blocks") + XA_HEAD, 8), "little")
+        head = int.from_bytes(gdb.read(memory_blocks + XA_HEAD, 8), "little")
         if head & 3 != 2 or gdb.read(head - 2, 1) != b"\0":
             raise RuntimeError(f"memory_blocks is not one xa_node of shift 0 (head {head:#x})")
         mem = int.from_bytes(gdb.read(head - 2 + XA_NODE_SLOTS + 8 * block, 8), "little")
@@ -262,8 +263,11 @@ def poke_nr_vmemmap_pages(g: LiveGuest, block: int, value: int) -> dict:
 def clear_page_flag(g: LiveGuest, pfn: int, bit: int) -> dict:
     """Clear one bit of ``pfn``'s ``page->flags`` over the gdbstub (x86_64
     SPARSEMEM_VMEMMAP: the struct page is at vmemmap_base + pfn * 64)."""
+    # kallsyms is read before the gdbstub is attached: attached, it stops the
+    # guest, whose shell then never answers.
+    vmemmap_base = g.kallsyms_address("vmemmap_base")
     with GdbRemote(g.gdb_port) as gdb:
-        base = int.from_bytes(gdb.read(g.kallsyms_address("vmemmap_base"), 8), "little")
+        base = int.from_bytes(gdb.read(vmemmap_base, 8), "little")
         address = base + pfn * STRUCT_PAGE_BYTES
         old = int.from_bytes(gdb.read(address, 8), "little")
         gdb.write(address, (old & ~(1 << bit)).to_bytes(8, "little"))
