@@ -168,6 +168,13 @@ def test_memhp_at_the_drgn_prompt():
     child.sendline("%memhp explain")
     child.expect("needs a PFN or 0xADDR")
     child.expect(">>> ")
+    # %memhp lsmem prints what drgn-hotplug lsmem prints (the first lines:
+    # the header and node 0's range).
+    lines = run(*dump_args(), "lsmem", "-o", "+NODE,ZONES").stdout.splitlines()
+    child.sendline("%memhp lsmem -o +NODE,ZONES")
+    for line in lines[:2]:
+        child.expect_exact(line)
+    child.expect(">>> ")
     child.sendeof()
     child.expect(pexpect.EOF)
 

@@ -19,7 +19,7 @@ import pytest
 
 import vmcores
 from vmcores import dumpfmt
-from drgn_hotplug import checks, cli
+from drgn_hotplug import checks, cli, lsmem
 
 pexpect = pytest.importorskip("pexpect")
 drgn = pytest.importorskip("drgn")
@@ -116,6 +116,9 @@ def test_gdb_reports_equal_drgn_on_the_same_dump(cell, dump_gdb):
     for pfn in explain_pfns(expected):
         text, _ = cli.render_command(expected, "explain", str(pfn), as_json=True, version=VERSION)
         assert dump_gdb.json(f"memhp explain {pfn} --json") == json.loads(text), pfn
+    for options in ("-o +NODE,ZONES", "-J -a"):
+        assert dump_gdb.run(f"memhp lsmem {options}") == lsmem.render_model(
+            expected, lsmem.parse_options(options.split())), options
 
 
 @pytest.mark.parametrize("cell", [("x86_64", "6.1", "orphan")], indirect=True, ids="-".join)
