@@ -7,7 +7,7 @@ import pkgutil
 import pytest
 
 from drgn_hotplug import checks, kernels, model, ranges, reader, report, selfcheck, vmcoreinfo
-from vmcores import proven
+from vmcores import kdump_recompress, proven
 
 # Every module of the reader package, found rather than listed, so a new one
 # cannot go untested.
@@ -16,7 +16,7 @@ READER_MODULES = [importlib.import_module(f"{reader.__name__}.{info.name}")
 
 
 @pytest.mark.parametrize("module", [checks, kernels, model, ranges, report, selfcheck, vmcoreinfo, proven,
-                                    *READER_MODULES],
+                                    kdump_recompress, *READER_MODULES],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module)
