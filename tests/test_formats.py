@@ -19,13 +19,16 @@ per dump:
   -s VMLINUX check --json`` as a user runs it.
 
 Then: the /proc/vmcore of a kdump kernel (vmcores/kdump.py) gives the crashed
-kernel's truth, debug info is found by build ID, a bad worker is a line of its
-own, and the GNU parallel fleet recipe. Cells are built on first use
-(vmcores.build_cell caches them): ``slow``.
+kernel's truth; the cells' vmcore.kdump with snappy and zstd pages
+(vmcores/kdump_recompress.py) gives the reference findings and a corrupt page
+of it an unreadable finding; debug info is found by build ID, a bad worker is
+a line of its own, and the GNU parallel fleet recipe. Cells are built on first
+use (vmcores.build_cell caches them): ``slow``.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -338,6 +341,138 @@ def test_truncated_flattened_dump_is_one_line(tmp_path, cut):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert "truncated" in proc.stderr
+
+
+# ---------------------------------------------------------------- snappy and zstd kdumps
+
+# Nothing on Debian 12 writes them (makedumpfile 1.7.2: snappy and zstd
+# disabled; QEMU 7.2: kdump-zlib only): vmcores/kdump_recompress.py rewrites
+# a cell's vmcore.kdump with its pages in the codec, as makedumpfile -p/-z would.
+RECOMPRESSED_CELLS = [("x86_64", "6.1", "orphan"), ("arm64", "6.1", "hotplug")]
+CODECS = ["snappy", "zstd"]
+
+
+@pytest.fixture(scope="module")
+def recompressed(tmp_path_factory):
+    """The cell's vmcore.kdump in a codec, written once per module:
+    ``recompressed(key, codec)`` -> its path."""
+    from vmcores.kdump_recompress import recompress
+
+    scratch = tmp_path_factory.mktemp("recompressed")
+
+    @functools.lru_cache(maxsize=None)
+    def make(key: tuple, codec: str) -> Path:
+        path = scratch / f"{'-'.join(key)}-{codec}.kdump"
+        start = time.monotonic()
+        recompress(cell(*key).kdump, path, codec)
+        print(f"\n{path.name}: {path.stat().st_size >> 20} MiB in {time.monotonic() - start:.1f} s", file=sys.stderr)
+        return path
+
+    yield make
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def stored_compressions(path: Path) -> collections.Counter:
+    """How many page descriptors name each compression (``none``: stored raw)."""
+    from drgn_hotplug import dumps
+
+    with open(path, "rb") as f:
+        layout = dumps.read_kdump_layout(dumps.PlainFile(f))
+        count = sum(run[1] for run in layout.runs)
+        descs = os.pread(f.fileno(), count * dumps.PAGE_DESC.size, layout.descs_at)
+    return collections.Counter(dumps.compression_name(d[2]) for d in dumps.PAGE_DESC.iter_unpack(descs))
+
+
+def models(path: Path, vmlinux: Path) -> tuple:
+    """The models of drgn/libkdumpfile (what ``open_dump`` opens a kdump
+    file with) and of drgn_hotplug's own page reader, on one kdump file."""
+    from drgn_hotplug import dumps
+    from drgn_hotplug.drgn_reader import read_model
+
+    with open(path, "rb") as f:
+        src = dumps.PlainFile(f)
+        progs = [dumps.open_dump(str(path)).prog,
+                 dumps._program_from_pages(src, dumps.read_kdump_layout(src), str(path))]
+        for prog in progs:
+            prog.load_debug_info([str(vmlinux)])
+        return tuple(read_model(prog) for prog in progs)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("key", RECOMPRESSED_CELLS, ids="/".join)
+def test_snappy_and_zstd_kdumps_give_the_reference_findings(key, codec, recompressed):
+    """``drgn-hotplug check`` on the codec's copy: the format named, the
+    reference's exit status and findings; libkdumpfile and drgn_hotplug's
+    own page reader (libsnappy/libzstd through ctypes) find the same."""
+    import drgn
+
+    from drgn_hotplug import checks
+
+    c, dump = cell(*key), recompressed(key, codec)
+    stored = stored_compressions(dump)
+    assert stored[codec] > 0 and set(stored) <= {codec, "none"}, stored
+    status, doc = check_json(dump, "-s", str(c.vmlinux))
+    ref_status, ref = checked_here(c.kdump, c.vmlinux)
+    assert doc["kernel"]["dump_format"] == f"kdump-{codec}"
+    assert (status, comparable(doc)) == (ref_status, comparable(ref))
+    # libkdumpfile (drgn's wheel links libsnappy and libzstd) opens it, so
+    # the CLI read it through drgn; the own reader is what a drgn without them gets.
+    drgn.Program().set_core_dump(str(dump))
+    theirs, ours = models(dump, c.vmlinux)
+    assert checks.run_checks(ours) == checks.run_checks(theirs)
+    assert not ours.unreadable and not theirs.unreadable
+
+
+@functools.lru_cache(maxsize=None)
+def block_pages(key: tuple) -> dict[int, int]:
+    """The cell's memory_block devices: address -> the pfn of the page holding it."""
+    from drgn.helpers.linux.mm import virt_to_phys
+
+    from drgn_hotplug import cli
+
+    c = cell(*key)
+    prog, _ = cli.open_target(core=str(c.kdump), symbols=[str(c.vmlinux)])
+    page_size = prog["PAGE_SIZE"].value_()
+    return {b.address: virt_to_phys(prog, b.address).value_() // page_size
+            for b in cli.read_model_checked(prog).blocks}
+
+
+def invert_page(dump: Path, out: Path, pfn: int) -> None:
+    """``out``: ``dump`` with every byte of ``pfn``'s stored (compressed) page inverted."""
+    from drgn_hotplug.dumps import PAGE_DESC
+    from vmcores.corpus import kdump_layout
+
+    shutil.copyfile(dump, out)
+    with open(out, "r+b") as f:
+        f.seek(kdump_layout(out).desc_offset(pfn))
+        offset, size, flags, _ = PAGE_DESC.unpack(f.read(PAGE_DESC.size))
+        assert flags, "the page is stored compressed"
+        data = os.pread(f.fileno(), size, offset)
+        os.pwrite(f.fileno(), bytes(b ^ 0xFF for b in data), offset)
+
+
+# One codec per cell: the decoding that fails is the codec's, whatever the arch.
+@pytest.mark.parametrize("key, codec", [pytest.param(key, codec, id=f"{'/'.join(key)}-{codec}")
+                                        for key, codec in zip(RECOMPRESSED_CELLS, CODECS)])
+def test_corrupt_snappy_or_zstd_page_is_unreadable(tmp_path, key, codec, recompressed):
+    """The page of a memory_block device in the middle of the list, its
+    compressed bytes inverted: the memory_blocks it holds are ``unreadable``
+    findings (exit 1, nothing on stderr), from libkdumpfile as from the own
+    page reader."""
+    c, pages = cell(*key), block_pages(key)
+    pfn = sorted(pages.values())[len(pages) // 2]
+    lost = {address for address, page in pages.items() if page == pfn}
+    bad = tmp_path / f"corrupt-{codec}.kdump"
+    invert_page(recompressed(key, codec), bad, pfn)
+    proc = subprocess.run([sys.executable, "-m", "drgn_hotplug.cli", "-c", str(bad), "-s", str(c.vmlinux),
+                           "check", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+    unreadable = [f for f in json.loads(proc.stdout)["findings"] if f["kind"] == "unreadable"]
+    assert {f["facts"]["address"] for f in unreadable} == lost
+    assert all(f["facts"]["what"] == "struct memory_block" for f in unreadable)
+    theirs, ours = models(bad, c.vmlinux)
+    assert {u.address for u in ours.unreadable} == {u.address for u in theirs.unreadable} == lost
+    assert all("corrupt page" in u.reason for u in ours.unreadable)
 
 
 # ---------------------------------------------------------------- debug info without -s
