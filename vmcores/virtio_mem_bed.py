@@ -1,7 +1,7 @@
-"""virtio-mem flavours of the test bed (issue 14), x86_64: a virtio-mem-pci
-device on node 1, nothing plugged at boot, grown and shrunk through QMP
-(``requested-size``) so that it ends partly plugged: one block fully
-plugged, the next holding unplugged (fake-offline) sub-blocks.
+"""virtio-mem flavours of the test bed (issue 14), x86_64 and arm64: a
+virtio-mem-pci device on node 1, nothing plugged at boot, grown and shrunk
+through QMP (``requested-size``) so that it ends partly plugged: one block
+fully plugged, the next holding unplugged (fake-offline) sub-blocks.
 
 - ``virtio_mem`` (6.1 and the newest series): as above.
 - ``virtio_mem_orphan`` (6.1): the shrink runs with
@@ -25,15 +25,18 @@ import re
 import time
 
 from .flavours import Flavour
-from .qmp import GdbRemote
+from .packages import cache_root, link_addresses
+from .qmp import ChannelError, GdbRemote
 from .scenarios import HOTPLUG_TIMEOUT_S, UNLINK_FUNCTION, LiveGuest
 from .truth import parse_iomem, split_sections
 
 # A virtio-mem-pci device with 1 GiB of device memory on node 1, nothing
-# plugged at boot (QEMU 7.2; the default block size is 2 MiB on x86_64, so
-# the guest's sub-blocks are 2 MiB and its memory blocks 128 MiB).
-# QEMU 7.2's aarch64 virt machine starts with the same device, but arm64 is
-# left out for now: only x86_64 was played.
+# plugged at boot (QEMU 7.2; the default block size is 2 MiB on an x86_64
+# host, so the guest's sub-blocks are 2 MiB and its memory blocks 128 MiB,
+# on x86_64 and on arm64 4K since v5.12). The same arguments on both arches:
+# the virt board plugs virtio-mem-pci since QEMU 7.0 (b1b87327a903
+# 'hw/arm/virt: Support for virtio-mem-pci'), at 0xc0000000 (memory24) there,
+# 0x100000000 (memory32) on q35.
 VIRTIO_MEM_QOM = "/machine/peripheral/vm0"
 VIRTIO_MEM_ARGS = ["-object", "memory-backend-ram,id=vmem0,size=1G",
                    "-device", "virtio-mem-pci,id=vm0,memdev=vmem0,node=1,requested-size=0"]
@@ -93,7 +96,7 @@ def virtio_mem_bad_steps(g: LiveGuest) -> None:
     the gdbstub (a data write: ``memory_group.nid``, the group's first
     member), while its blocks stay on node 1."""
     virtio_mem_steps(g)
-    xarray = g.kallsyms_address("memory_groups")
+    xarray = data_symbol_address(g, "memory_groups")
     with GdbRemote(g.gdb_port) as gdb:
         # struct xarray { spinlock_t xa_lock; gfp_t xa_flags; void *xa_head; }:
         # with one group (id 0) xa_head is the entry itself, not a node.
@@ -103,6 +106,22 @@ def virtio_mem_bad_steps(g: LiveGuest) -> None:
         old = gdb.read(group, 4)
         gdb.write(group, (0).to_bytes(4, "little"))
     g.record(op="poke", what="memory_group.nid", address=group, old=old.hex(), new="00000000")
+
+
+def data_symbol_address(g: LiveGuest, symbol: str) -> int:
+    """Run-time address of a kernel data symbol: from /proc/kallsyms where it
+    lists data (CONFIG_KALLSYMS_ALL: Debian's x86_64 cloud kernels), else from
+    the debug vmlinux's .symtab plus the KASLR offset (Debian's arm64 cloud
+    6.1 has no KALLSYMS_ALL, so its /proc/kallsyms lacks ``memory_groups``)."""
+    try:
+        return g.kallsyms_address(symbol)
+    except ChannelError:
+        meta = g.kernel_meta
+        vmlinux = cache_root() / "kernels" / f"{meta['abi']}-{meta['version']}-{meta['arch']}" / "vmlinux"
+        found = link_addresses(vmlinux, (symbol,))
+        if symbol not in found:
+            raise
+        return found[symbol] + g.kaslr_offset
 
 
 # Per online virtio-mem block: one character per 2 MiB sub-block, "P" none
@@ -146,15 +165,16 @@ def block_subblocks(g: LiveGuest, block: int, subblock_bytes: int) -> str:
 
 
 BED_FILES = ("virtio_mem_bed.py",)
+ARCHES = ("x86_64", "arm64")
 
 FLAVOURS = {
     f.name: f
     for f in (
-        Flavour("virtio_mem", ("x86_64",), virtio_mem_steps, VIRTIO_MEM_CMDLINE,
+        Flavour("virtio_mem", ARCHES, virtio_mem_steps, VIRTIO_MEM_CMDLINE,
                 VIRTIO_MEM_MODULES, virtio_mem_qemu_args, virtio_mem_truth, bed_files=BED_FILES),
-        Flavour("virtio_mem_orphan", ("x86_64",), virtio_mem_orphan_steps, VIRTIO_MEM_CMDLINE,
+        Flavour("virtio_mem_orphan", ARCHES, virtio_mem_orphan_steps, VIRTIO_MEM_CMDLINE,
                 VIRTIO_MEM_MODULES, virtio_mem_qemu_args, virtio_mem_truth, ("6.1",), BED_FILES),
-        Flavour("virtio_mem_bad", ("x86_64",), virtio_mem_bad_steps, VIRTIO_MEM_CMDLINE,
+        Flavour("virtio_mem_bad", ARCHES, virtio_mem_bad_steps, VIRTIO_MEM_CMDLINE,
                 VIRTIO_MEM_MODULES, virtio_mem_qemu_args, virtio_mem_truth, ("6.1",), BED_FILES),
     )
 }
