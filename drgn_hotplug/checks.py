@@ -652,6 +652,10 @@ def check_missing_links(ctx: _Context, links: _Links) -> List[Finding]:
             directory = {NODE_TO_BLOCK: ctx.nodes[nid].kn_address if nid in ctx.nodes else None,
                          BLOCK_TO_NODE: block.kn_address}
             missing = [d for d in missing if directory[d] not in unread]
+            if nid in ctx.nodes and directory[NODE_TO_BLOCK] is None:
+                # The node device exists but its struct node could not be
+                # read (an unreadable finding): its directory was never listed.
+                missing = [d for d in missing if d != NODE_TO_BLOCK]
             if missing:
                 findings.append(_missing_link_finding(ctx, links, block, nid, missing))
     return findings

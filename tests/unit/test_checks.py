@@ -337,6 +337,21 @@ def test_links_the_dump_lacks_are_unreadable_not_findings():
         (MISSING_LINK, 5, ["node-to-block"]), (MISSING_LINK, 6, ["block-to-node"])]
 
 
+def test_a_node_whose_struct_node_is_unreadable_lists_no_missing_link():
+    # makedumpfile -d 31 on the x86_64 7.x kmem cell drops node0's struct
+    # node: its kernfs directory is unknown, so its links were never listed.
+    model = h.x86_boot()
+    model.nodes[0] = replace(model.nodes[0], kn_address=None)
+    model.links = [l for l in model.links if not (l.node == 0 and l.direction == "node-to-block")]
+    model.unreadable.append(Unreadable("struct node", "Excluded page", model.nodes[0].address))
+    assert [(f.kind, f.severity) for f in serious(checks.run_checks(model))] == [(UNREADABLE, "warning")]
+    # With node0's directory known, the same absences are findings.
+    model.nodes[0] = h.nodes(0)[0]
+    model.unreadable.clear()
+    assert [(f.kind, f.block, f.facts["missing"]) for f in serious(checks.run_checks(model))] == [
+        (MISSING_LINK, b, ["node-to-block"]) for b in range(4)]
+
+
 def test_blocks_the_dump_lacks_prove_no_removal():
     # makedumpfile -d 31 on 7.x drops the bus list's and the xarray's slab
     # pages (x86_64 7.x orphan cell): no block is read, yet every link is.
