@@ -78,7 +78,7 @@ def truly_missing_blocks(truth: dict) -> Set[int]:
 
 
 def no_page_in_valid_sections(truth: dict, model: Model) -> RangeSet | None:
-    """The guest's /proc/kpageflags "no page" pfns inside valid sections.
+    """The guest's /proc/kpageflags "no page" pfns inside valid, online sections.
 
     None where the bed did not read kpageflags (x86_64), or where the kernel
     no longer says KPF_NOPAGE at all: Debian's 7.3 gives 0, not KPF_NOPAGE,
@@ -87,7 +87,10 @@ def no_page_in_valid_sections(truth: dict, model: Model) -> RangeSet | None:
     """
     if not truth.get("no_page_ranges"):
         return None
-    valid = RangeSet([checks.section_range(model.kernel, s.nr) for s in model.sections if s.valid])
+    # kpageflags looks pages up with pfn_to_online_page(): the pfns of an
+    # offline section (the offline flavour's blocks) are "no page" by design.
+    valid = RangeSet([checks.section_range(model.kernel, s.nr) for s in model.sections
+                      if s.valid and s.online])
     return RangeSet([tuple(r) for r in truth["no_page_ranges"]]) & valid
 
 
