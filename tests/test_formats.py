@@ -187,7 +187,7 @@ def test_every_format_gives_the_reference_findings(key, scan_run):
     assert QEMU_DUMPS <= set(dumps), f"the bed did not keep QEMU's dumps: {sorted(dumps)}"
     if key[0] == "x86_64" and c.meta.get("filtered_kdump_error") is None:
         assert MAKEDUMPFILE_DUMPS <= set(dumps)
-    full_status, full = checked_here(c.dir / "vmcore.kdump", c.vmlinux)
+    _, full = checked_here(c.dir / "vmcore.kdump", c.vmlinux)
     for name, entry in dumps.items():
         line = scan_run.lines[str(c.dir / name)]
         assert line["format"].split(" (")[0] == entry["format"], name

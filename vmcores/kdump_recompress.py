@@ -37,8 +37,8 @@ from typing import Callable
 
 from drgn_hotplug.dumps import COMPRESSIONS, DISK_DUMP_HEADER, PAGE_DESC, PlainFile, decompress, read_kdump_layout
 
-# diskdump_mod.h: page_desc.flags and disk_dump_header.status.
-CODEC_FLAGS = {"snappy": 0x4, "zstd": 0x20}
+# diskdump_mod.h's page_desc.flags and disk_dump_header.status bits, as the reader knows them.
+CODEC_FLAGS = {name: flag for flag, name in COMPRESSIONS.items() if name in ("snappy", "zstd")}
 # The status word of struct disk_dump_header (64-bit layout): after the
 # signature, header_version, utsname, padding and the 16-byte timeval.
 STATUS_AT = struct.calcsize("<8si390s6xqq")
