@@ -214,8 +214,10 @@ def test_gdb_live_orphans_kaslr_and_hot_add(cell):
         gdb = Gdb("x86_64", cell.vmlinux)
         gdb.run(f"source {MEMHP}")
         gdb_attach(gdb, guest.gdb_port)
-        # The guest runs with KASLR: without the offset, memhp refuses and finds it.
-        assert "symbols do not match" in gdb.run("memhp check")
+        # The guest runs with KASLR: without the offset, memhp refuses and finds it
+        # (unless KASLR drew the unrelocated slot, one boot in about 470, as a CI run did).
+        if guest.kaslr_offset:
+            assert "symbols do not match" in gdb.run("memhp check")
         found = re.search(r"KASLR offset (0x[0-9a-f]+)", gdb.run("memhp kaslr"))
         assert found and int(found.group(1), 16) == guest.kaslr_offset
         gdb.run(f"symbol-file -o {found.group(1)} {cell.vmlinux}")
