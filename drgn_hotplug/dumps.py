@@ -136,6 +136,40 @@ class KdumpLayout:
     vmcoreinfo: bytes
     max_mapnr: int
 
+    @property
+    def sub_header_at(self) -> int:
+        """File offset of the kdump sub header: the block after the main header."""
+        return self.block_size
+
+    def desc_index(self, pfn: int) -> Optional[int]:
+        """The index of ``pfn``'s page descriptor, None when the page is not dumped.
+
+        >>> KdumpLayout(4096, 8192, [(1, 1, 0), (3, 2, 1)], b"", 8).desc_index(4)
+        2
+        """
+        i = bisect.bisect_right(self.runs, pfn, key=lambda run: run[0]) - 1
+        if i < 0 or pfn >= self.runs[i][0] + self.runs[i][1]:
+            return None
+        return self.runs[i][2] + pfn - self.runs[i][0]
+
+    def desc_offset(self, pfn: int) -> Optional[int]:
+        """File offset of ``pfn``'s page descriptor, None when the page is not dumped.
+
+        >>> KdumpLayout(4096, 8192, [(1, 1, 0), (3, 2, 1)], b"", 8).desc_offset(4)
+        8240
+        """
+        index = self.desc_index(pfn)
+        return None if index is None else self.descs_at + index * PAGE_DESC.size
+
+    def pfn_of(self, index: int) -> int:
+        """The pfn whose page the ``index``-th descriptor holds.
+
+        >>> KdumpLayout(4096, 8192, [(1, 1, 0), (3, 2, 1)], b"", 8).pfn_of(2)
+        4
+        """
+        i = bisect.bisect_right(self.runs, index, key=lambda run: run[2]) - 1
+        return self.runs[i][0] + index - self.runs[i][2]
+
 
 def read_kdump_layout(src) -> KdumpLayout:
     """Decode a kdump-compressed file's headers and 2nd bitmap."""
@@ -286,9 +320,9 @@ def _c_decompressor(name: str) -> Callable[[bytes, int], bytes]:
     return run
 
 
-def kdump_compression(src, layout: KdumpLayout) -> str:
-    """The compression of a kdump file, from its first stored page that is
-    compressed (zero pages are often stored raw)."""
+def first_compressed_page(src, layout: KdumpLayout) -> Optional[tuple[int, str]]:
+    """The pfn and compression of the first compressed page among the first
+    64 stored ones (zero pages are often stored raw); None if all are raw."""
     count = sum(run[1] for run in layout.runs)
     for index in range(min(count, 64)):
         raw = src.pread(PAGE_DESC.size, layout.descs_at + index * PAGE_DESC.size)
@@ -296,8 +330,8 @@ def kdump_compression(src, layout: KdumpLayout) -> str:
             break
         name = compression_name(PAGE_DESC.unpack(raw)[2])
         if name != "none":
-            return name
-    return "none"
+            return layout.pfn_of(index), name
+    return None
 
 
 def vmcoreinfo_arch(vmcoreinfo: bytes) -> Optional[str]:
@@ -360,8 +394,6 @@ def open_dump(path: str) -> Opened:
 
 
 def _open_file(f, path: str) -> Opened:
-    import drgn
-
     size = os.fstat(f.fileno()).st_size
     container = sniff_format(f.read(16))
     if container == "elf":
@@ -378,16 +410,31 @@ def _open_file(f, path: str) -> Opened:
         return Opened(_drgn_core_dump(path), "unknown")
     src = FlatFile(f, size) if container == "flattened" else PlainFile(f)
     layout = read_kdump_layout(src)
-    form = describe(container, kdump_compression(src, layout))
+    first = first_compressed_page(src, layout)
+    form = describe(container, first[1] if first else "none")
     if container == "kdump":
-        try:
-            prog = drgn.Program()
-            prog.set_core_dump(path)
+        prog = _libkdumpfile_program(path, layout.block_size, first)
+        if prog is not None:
             f.close()
             return Opened(prog, form)
-        except Exception:
-            pass  # libkdumpfile refuses it (an empty machine field): read it here
     return Opened(_program_from_pages(src, layout, path), form)
+
+
+def _libkdumpfile_program(path: str, block_size: int, first: Optional[tuple[int, str]]):
+    """drgn's own kdump reading of ``path``; None where libkdumpfile refuses
+    the file (QEMU's empty machine field) or cannot decompress its first
+    compressed page (a libkdumpfile built without snappy, lzo or zstd opens
+    such a file and fails on every page)."""
+    import drgn
+
+    prog = drgn.Program()
+    try:
+        prog.set_core_dump(path)
+        if first is not None:
+            prog.read(first[0] * block_size, 1, True)
+    except Exception:  # libkdumpfile's errors reach Python as a bare Exception
+        return None
+    return prog
 
 
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")

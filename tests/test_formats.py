@@ -327,19 +327,13 @@ def test_lzo_pages_read_by_drgn_hotplug_itself():
     up) on makedumpfile's lzo output (liblzo2 through ctypes) gives the
     model libkdumpfile gives."""
     from drgn_hotplug import checks, dumps
-    from drgn_hotplug.drgn_reader import read_model
 
     c = cell("x86_64", "6.1", "orphan")
     path = c.dir / "vmcore-filtered-lzo.kdump"
     with open(path, "rb") as f:
         src = dumps.PlainFile(f)
-        layout = dumps.read_kdump_layout(src)
-        assert dumps.kdump_compression(src, layout) == "lzo"
-        ours = dumps._program_from_pages(src, layout, str(path))
-        ours.load_debug_info([str(c.vmlinux)])
-        theirs = dumps.open_dump(str(path)).prog
-        theirs.load_debug_info([str(c.vmlinux)])
-        found = [checks.run_checks(read_model(p)) for p in (ours, theirs)]
+        assert dumps.first_compressed_page(src, dumps.read_kdump_layout(src))[1] == "lzo"
+    found = [checks.run_checks(model) for model in models(path, c.vmlinux)]
     assert found[0] == found[1]
     assert sum(f.kind == "orphaned-link" for f in found[0]) == 2
 
@@ -396,19 +390,45 @@ def stored_compressions(path: Path) -> collections.Counter:
     return collections.Counter(dumps.compression_name(d[2]) for d in dumps.PAGE_DESC.iter_unpack(descs))
 
 
-def models(path: Path, vmlinux: Path) -> tuple:
-    """The models of drgn/libkdumpfile (what ``open_dump`` opens a kdump
-    file with) and of drgn_hotplug's own page reader, on one kdump file."""
+def programs(f, path: Path) -> tuple:
+    """drgn on one kdump file (open ``f``) as ``open_dump`` opens it (libkdumpfile
+    where it reads the file) and through drgn_hotplug's own page reader."""
     from drgn_hotplug import dumps
+
+    src = dumps.PlainFile(f)
+    return (dumps.open_dump(str(path)).prog,
+            dumps._program_from_pages(src, dumps.read_kdump_layout(src), str(path)))
+
+
+def models(path: Path, vmlinux: Path) -> tuple:
+    """The models of the two ``programs`` on one kdump file."""
     from drgn_hotplug.drgn_reader import read_model
 
     with open(path, "rb") as f:
-        src = dumps.PlainFile(f)
-        progs = [dumps.open_dump(str(path)).prog,
-                 dumps._program_from_pages(src, dumps.read_kdump_layout(src), str(path))]
+        progs = programs(f, path)
         for prog in progs:
             prog.load_debug_info([str(vmlinux)])
         return tuple(read_model(prog) for prog in progs)
+
+
+def test_open_dump_trusts_libkdumpfile_after_reading_a_compressed_page(recompressed):
+    """A libkdumpfile without the codec opens the file and fails every page:
+    open_dump reads the first compressed page through it before using it.
+    That page is the codec's, and drgn reads it as the own reader does."""
+    from drgn_hotplug import dumps
+
+    key = RECOMPRESSED_CELLS[0]
+    for codec in CODECS:
+        dump = recompressed(key, codec)
+        with open(dump, "rb") as f:
+            src = dumps.PlainFile(f)
+            layout = dumps.read_kdump_layout(src)
+            pfn, name = dumps.first_compressed_page(src, layout)
+            desc = dumps.PAGE_DESC.unpack(src.pread(dumps.PAGE_DESC.size, layout.desc_offset(pfn)))
+            assert name == codec and dumps.compression_name(desc[2]) == codec
+            page = pfn * layout.block_size
+            theirs, ours = (prog.read(page, layout.block_size, True) for prog in programs(f, dump))
+            assert theirs == ours
 
 
 @pytest.mark.parametrize("codec", CODECS)

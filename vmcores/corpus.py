@@ -34,14 +34,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from drgn_hotplug.dumps import KdumpLayout, PlainFile, decompress, read_kdump_layout
+
 from .cells import Cell, cells_dir
-from .dumpfmt import DISK_DUMP_HEADER, KDUMP_SUB_HEADER, PAGE_DESC
+from .dumpfmt import KDUMP_SUB_HEADER, PAGE_DESC
 from .packages import cache_root
 
 CASE_TIMEOUT_S = 10
@@ -65,9 +66,6 @@ SEVERITIES = ("error", "warning", "info")
 HOSTILE_STRINGS = (b"\x1b[2J\x1b[H", b"\x1b]0;owned\x07", b"mem\x9b31m\x7f", b"\xff\xfe\x1b[5m",
                    b"\r\n\ttab")
 
-DUMP_DH_COMPRESSED_ZLIB = 0x1
-
-
 def flip_bit(data: bytes, bit: int) -> bytes:
     """``data`` with one bit inverted (bit 0 = low bit of the first byte)."""
     out = bytearray(data)
@@ -77,49 +75,11 @@ def flip_bit(data: bytes, bit: int) -> bytes:
 
 # ---------------------------------------------------------------- kdump files
 
-@dataclass(frozen=True)
-class KdumpLayout:
-    """Where a kdump-compressed file keeps its page descriptors.
-
-    A page's descriptor is the n-th of the array, n being the number of
-    dumped pfns below it (set bits of the second bitmap).
-    """
-
-    block_size: int
-    bitmap2: bytes
-    desc_at: int
-    sub_header_at: int
-
-    def desc_offset(self, pfn: int) -> Optional[int]:
-        """File offset of ``pfn``'s page descriptor, None when the page is not dumped.
-
-        >>> KdumpLayout(4096, bytes([0b1010]), 8192, 4096).desc_offset(3)
-        8216
-        """
-        if pfn // 8 >= len(self.bitmap2) or not self.bitmap2[pfn // 8] >> (pfn % 8) & 1:
-            return None
-        below = int.from_bytes(self.bitmap2[:pfn // 8], "little").bit_count()
-        below += (self.bitmap2[pfn // 8] & ((1 << (pfn % 8)) - 1)).bit_count()
-        return self.desc_at + below * PAGE_DESC.size
-
-
 def kdump_layout(path: Path) -> KdumpLayout:
-    """Parse the disk_dump_header of a kdump-compressed file (makedumpfile's or dumpfmt's)."""
+    """The headers of a kdump-compressed file (makedumpfile's or dumpfmt's),
+    decoded as drgn-hotplug decodes them."""
     with open(path, "rb") as f:
-        header = DISK_DUMP_HEADER.unpack(f.read(DISK_DUMP_HEADER.size))
-        block_size, sub_blocks, bitmap_blocks = header[6], header[7], header[8]
-        half = bitmap_blocks * block_size // 2
-        f.seek((1 + sub_blocks) * block_size + half)
-        bitmap2 = f.read(half)
-    return KdumpLayout(block_size, bitmap2, (1 + sub_blocks + bitmap_blocks) * block_size,
-                       block_size)
-
-
-def read_kdump_page(f, desc: Tuple[int, int, int, int], block_size: int) -> bytes:
-    offset, size, flags, _ = desc
-    f.seek(offset)
-    data = f.read(size)
-    return zlib.decompress(data) if flags & DUMP_DH_COMPRESSED_ZLIB else data
+        return read_kdump_layout(PlainFile(f))
 
 
 def patch_kdump(path: Path, layout: KdumpLayout, patches: Sequence[Tuple[int, bytes]]) -> int:
@@ -143,7 +103,7 @@ def patch_kdump(path: Path, layout: KdumpLayout, patches: Sequence[Tuple[int, by
                 continue
             f.seek(at)
             desc = PAGE_DESC.unpack(f.read(PAGE_DESC.size))
-            page = bytearray(read_kdump_page(f, desc, ps))
+            page = bytearray(decompress(desc[2], os.pread(f.fileno(), desc[1], desc[0]), ps))
             for offset, byte in edits:
                 page[offset:offset + 1] = byte
             end = f.seek(0, os.SEEK_END)
@@ -521,7 +481,7 @@ def fixed_cases(sources: Sequence[Source], kernels: Sequence[Path], scratch: Pat
     for source in sources:
         size = os.path.getsize(source.kdump)
         layout = kdump_layout(Path(source.kdump))
-        for point in (0, 100, 4096 + 200, layout.desc_at - 1000, layout.desc_at + 5000,
+        for point in (0, 100, 4096 + 200, layout.descs_at - 1000, layout.descs_at + 5000,
                       size // 10, size // 2, size * 9 // 10, size - 4096, size - 1):
             cases.append(Case(0, "truncated", f"{source.name} kdump cut at {point}", source.kdump,
                               source.vmlinux, truncate=point))
