@@ -290,15 +290,20 @@ def decompress(flags: int, data: bytes, page_size: int) -> bytes:
     return _c_decompressor(name)(data, page_size)
 
 
-@functools.lru_cache(maxsize=None)
-def _c_decompressor(name: str) -> Callable[[bytes, int], bytes]:
-    """lzo1x, snappy and zstd from the system's C libraries (the ones
-    makedumpfile and QEMU link against): no Python package is needed."""
+def codec_library(name: str) -> ctypes.CDLL:
+    """The system's C library of a kdump page compression (the one makedumpfile
+    and QEMU link against): no Python package is needed."""
     lib_name = {"lzo": "lzo2", "snappy": "snappy", "zstd": "zstd"}[name]
     path = ctypes.util.find_library(lib_name)
     if path is None:
         raise DumpError(f"{name}-compressed pages need lib{lib_name}, which is not installed")
-    lib = ctypes.CDLL(path)
+    return ctypes.CDLL(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _c_decompressor(name: str) -> Callable[[bytes, int], bytes]:
+    """lzo1x, snappy and zstd page decompression by ``codec_library``."""
+    lib = codec_library(name)
 
     def run(data: bytes, page_size: int) -> bytes:
         out = ctypes.create_string_buffer(page_size)

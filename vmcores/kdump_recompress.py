@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import functools
 import os
 import struct
@@ -35,7 +34,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from drgn_hotplug.dumps import COMPRESSIONS, DISK_DUMP_HEADER, PAGE_DESC, PlainFile, decompress, read_kdump_layout
+from drgn_hotplug.dumps import (COMPRESSIONS, DISK_DUMP_HEADER, PAGE_DESC, PlainFile, codec_library, decompress,
+                                read_kdump_layout)
 
 # diskdump_mod.h's page_desc.flags and disk_dump_header.status bits, as the reader knows them.
 CODEC_FLAGS = {name: flag for flag, name in COMPRESSIONS.items() if name in ("snappy", "zstd")}
@@ -60,10 +60,7 @@ def compress(codec: str, page: bytes) -> bytes:
 @functools.lru_cache(maxsize=None)
 def _c_compressor(codec: str) -> Callable[[bytes], bytes | None]:
     """One-page compression by the system's C library; None on failure."""
-    path = ctypes.util.find_library(codec)
-    if path is None:
-        raise RuntimeError(f"{codec} compression needs lib{codec}, which is not installed")
-    lib = ctypes.CDLL(path)
+    lib = codec_library(codec)
     return _zstd(lib) if codec == "zstd" else _snappy(lib)
 
 
