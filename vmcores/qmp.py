@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 
 class ChannelError(RuntimeError):
@@ -222,12 +223,38 @@ class GdbRemote:
             self.buf += data
 
     def read(self, address: int, size: int) -> bytes:
-        reply = self.request(f"m{address:x},{size:x}")
+        reply = self.on_any_cpu(f"m{address:x},{size:x}",
+                                lambda r: not r.startswith("E") and len(r) == 2 * size)
         if reply.startswith("E") or len(reply) != 2 * size:
             raise ChannelError(f"gdbstub cannot read {size} bytes at {address:#x}: {reply}")
         return bytes.fromhex(reply)
 
     def write(self, address: int, data: bytes) -> None:
-        reply = self.request(f"M{address:x},{len(data):x}:{data.hex()}")
+        reply = self.on_any_cpu(f"M{address:x},{len(data):x}:{data.hex()}", lambda r: r == "OK")
         if reply != "OK":
             raise ChannelError(f"gdbstub cannot write at {address:#x}: {reply}")
+
+    def on_any_cpu(self, packet: str, ok: Callable[[str], bool]) -> str:
+        """The reply to a memory packet through the first vCPU that maps the
+        address: QEMU translates through the selected vCPU's page tables, and
+        an arm64 vCPU stopped in user space under KPTI (forced with KASLR,
+        arch/arm64/kernel/cpufeature.c) maps no kernel text; another vCPU,
+        idle in the kernel, does. The last vCPU's reply if none does."""
+        reply = self.request(packet)
+        for thread in self.threads() if not ok(reply) else ():
+            if self.request(f"Hg{thread}") == "OK":
+                reply = self.request(packet)
+                if ok(reply):
+                    break
+        return reply
+
+    def threads(self) -> list[str]:
+        """The gdbstub's thread ids (one per vCPU), from qfThreadInfo/qsThreadInfo.
+
+        The reply lists ids after ``m``, comma-separated, until ``l``.
+        """
+        ids, reply = [], self.request("qfThreadInfo")
+        while reply.startswith("m"):
+            ids += reply[1:].split(",")
+            reply = self.request("qsThreadInfo")
+        return ids
