@@ -13,9 +13,20 @@ by the ``bed``/``slow`` markers of their modules.
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 import vmcores
+
+
+def pytest_configure(config):
+    """Ctrl-C reaches the programs the tests interrupt (``watch``, drgn's
+    prompt): a shell starts a background job with SIGINT ignored, an ignored
+    signal stays ignored across exec, and Python then never raises
+    KeyboardInterrupt; a handled one is reset to the default at exec."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
