@@ -47,6 +47,8 @@ import vmcores
 from vmcores import corpus
 from vmcores.cells import DUMP_FILES, matrix
 
+from test_live_guest import in_nomap_pages
+
 pytest.importorskip("drgn")
 pytestmark = pytest.mark.slow
 
@@ -67,7 +69,8 @@ CLI_CELLS = list(CLI_DUMPS)
 # tests/test_corpus.py's slice of the corpus.
 CORPUS_SEED, CORPUS_TOTAL, CORPUS_STEP = 1, 1000, 25
 # The /proc/vmcore cells (vmcores/kdump.py): 6.1 and the newest series.
-KDUMP_CELLS = [("x86_64", "6.1", "orphan"), ("x86_64", "7.x", "orphan")]
+KDUMP_CELLS = [("x86_64", "6.1", "orphan"), ("x86_64", "7.x", "orphan"), ("arm64", "6.1", "orphan"),
+               ("arm64", "7.x", "orphan")]
 
 logging.getLogger("drgn").setLevel(logging.ERROR)
 
@@ -292,7 +295,11 @@ def test_proc_vmcore_of_a_kdump_kernel_gives_the_crashed_kernels_truth(key):
     """The guest crashed (sysrq c) after its scenario; its kdump kernel copied
     /proc/vmcore out (vmcores/kdump.py). ``check`` on that ELF, vmlinux found
     by build ID, finds the orphaned links the crashed kernel's sysfs showed,
-    and nothing else serious; its blocks are the crashed kernel's."""
+    and nothing else serious; its blocks are the crashed kernel's.
+
+    /proc/vmcore, like /proc/kcore, holds the System RAM of the crashed
+    kernel only: on arm64 the objects in the page an ACPI table (NOMAP)
+    shares with early allocations are unreadable, as in a live run."""
     from drgn_hotplug import checks, cli, dumps
     from vmcores.kdump import build_proc_vmcore
 
@@ -301,7 +308,9 @@ def test_proc_vmcore_of_a_kdump_kernel_gives_the_crashed_kernels_truth(key):
     assert status == 1 and doc["kernel"]["dump_format"] == "elf"
     orphaned = {(f["node"], f["block"]) for f in doc["findings"] if f["kind"] == checks.ORPHANED_LINK}
     assert orphaned == {(d["node"], d["block"]) for d in kd.truth["dangling_links"]} != set()
-    assert [f for f in doc["findings"] if f["severity"] != "info" and f["kind"] != checks.ORPHANED_LINK] == []
+    serious = [f for f in doc["findings"] if f["severity"] != "info" and f["kind"] != checks.ORPHANED_LINK]
+    blind = in_nomap_pages(serious, doc["findings"])
+    assert serious == blind and (blind != []) == (key[0] == "arm64")
     prog = dumps.open_dump(str(kd.vmcore)).prog
     prog.load_debug_info([str(kd.vmlinux)])
     # The crashed kernel's vmcoreinfo_data points into the crash kernel's

@@ -5,11 +5,15 @@ to a raw virtio disk.
 
 The capture kernel is the guest's own Debian kernel with the cell's
 initramfs (its command server comes up again after the crash), plus the
-virtio disk modules (vmcores.userland.disk_modules_cpio). It is loaded with
-the kexec_file_load syscall by a small static C program compiled on the
-host (busybox has no kexec, and the initramfs has no other userland); the
-program, the kernel image and the capture initrd ride in an extra cpio
-appended to the first kernel's initrd. x86_64 only (arm64 is not tried).
+virtio disk modules (vmcores.userland.disk_modules_cpio). Busybox has no
+kexec and the initramfs no other userland, so the loader rides in an extra
+cpio appended to the first kernel's initrd, with the kernel image and the
+capture initrd. On x86_64 it is a small static C program compiled on the
+host that calls kexec_file_load. Debian's arm64 cloud kernels have no
+CONFIG_KEXEC_FILE, only kexec_load, whose segments (the image, the
+purgatory, the device tree with linux,elfcorehdr and the ELF core header)
+user space builds: there it is bookworm's kexec-tools for arm64, run by its
+own dynamic loader with the shared libraries of its packages.
 
 The result is cached under ``<cache>/kdump/<arch>-<kernel>-<scenario>-<package
 version>-<hash>`` (the hash covers this file and the cell's bed hash), with the
@@ -28,6 +32,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -40,9 +45,9 @@ from typing import Iterator
 from .cells import ALL_SCENARIOS, Cell, bed_hash, build_cell, keep_sparse
 from .guest import GuestSpec
 from .initramfs import READY, CpioWriter
-from .packages import cache_root, fetch_kernel
+from .packages import cache_root, fetch_kernel, link_addresses
 from .scenarios import LiveGuest
-from .userland import disk_modules_cpio
+from .userland import deb_closure, disk_modules_cpio
 
 # Memory kept for the capture kernel: a Debian cloud kernel and the bed's
 # small initramfs.
@@ -52,8 +57,10 @@ CRASHKERNEL = "crashkernel=256M"
 # it the capture kernel adds the still-plugged DIMMs as its own memory, and
 # reading the crashed kernel's RAM there (ioremap refuses RAM) made
 # /proc/vmcore fail ("dd: /proc/vmcore: Bad address", 6.1 and 7.3).
-CAPTURE_CMDLINE = ("console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=-1 memhp_default_state=offline "
-                   "acpi_no_memhotplug")
+CAPTURE_OPTIONS = "irqpoll nr_cpus=1 reset_devices panic=-1 memhp_default_state=offline acpi_no_memhotplug"
+# The serial port the command server answers on.
+CONSOLE = {"x86_64": "ttyS0", "arm64": "ttyAMA0"}
+DYNAMIC_LOADER = {"arm64": "ld-linux-aarch64.so.1"}
 # The raw disk the capture kernel copies /proc/vmcore to: sparse, larger than
 # any guest's RAM (1G plus the scenarios' DIMMs).
 OUT_DISK_BYTES = 12 << 30
@@ -113,6 +120,74 @@ class ProcVmcore:
         return Path(self.meta["vmlinux"])
 
 
+def capture_cmdline(arch: str) -> str:
+    """The capture kernel's command line.
+
+    >>> capture_cmdline("arm64").split()[:2]
+    ['console=ttyAMA0', 'irqpoll']
+    """
+    return f"console={CONSOLE[arch]} {CAPTURE_OPTIONS}"
+
+
+def load_script(arch: str, text: int) -> str:
+    """The guest shell script that loads /kdump/vmlinuz and /kdump/initrd as
+    the capture kernel; ``text`` is the running kernel's ``_text``.
+
+    >>> load_script("arm64", 0xffff800008000000).splitlines()[-1].split()[:4]
+    ['/kdump/lib/ld-linux-aarch64.so.1', '--library-path', '/kdump/lib', '/kdump/kexec']
+    """
+    if arch == "x86_64":
+        return f"/kdump/kexec-crash /kdump/vmlinuz /kdump/initrd '{capture_cmdline(arch)}'"
+    # kexec-tools takes PAGE_OFFSET and the core header's kernel text segment
+    # from _text in /proc/kallsyms (kexec/arch/arm64/kexec-arm64.c
+    # get_page_offset(), crashdump-arm64.c). Without CONFIG_KALLSYMS_ALL
+    # (Debian's arm64 cloud 5.10 and 6.1) kallsyms lists text from _stext on
+    # (scripts/kallsyms.c text_ranges) and has no _text: kexec-tools 2.0.25
+    # then wrote linear-map segments at their physical addresses and a text
+    # segment at 0x34e6f7400000, and reading /proc/vmcore there aborted the
+    # capture kernel. It is given a kallsyms with _text for that run.
+    return (f"set -e\n"
+            f"if ! grep -q ' _text$' /proc/kallsyms; then\n"
+            f"  {{ echo '{text:016x} T _text'; cat /proc/kallsyms; }} > /kdump/kallsyms\n"
+            f"  mount --bind /kdump/kallsyms /proc/kallsyms\n"
+            f"fi\n"
+            f"/kdump/lib/{DYNAMIC_LOADER[arch]} --library-path /kdump/lib /kdump/kexec -p /kdump/vmlinuz "
+            f"--initrd=/kdump/initrd --append='{capture_cmdline(arch)}'")
+
+
+def loader_files(arch: str, work: Path) -> dict[str, bytes]:
+    """The files under /kdump/ that load the capture kernel: name -> bytes."""
+    if arch == "x86_64":
+        return {"kexec-crash": kexec_crash_binary(work)}
+    return kexec_tools_files(arch, work)
+
+
+def kexec_tools_files(arch: str, work: Path) -> dict[str, bytes]:
+    """bookworm's kexec and every shared library of its packages' dependency
+    closure, flattened into lib/ (symlinks followed)."""
+    tree = work / "kexec-tools"
+    for deb in deb_closure(arch, ("kexec-tools",)):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+    files = {"kexec": (tree / "sbin/kexec").read_bytes()}
+    for path in sorted(tree.glob("**/lib/*-linux-gnu/*.so*")):
+        real = followed_in_tree(tree, path)
+        if real is not None:
+            files[f"lib/{path.name}"] = real.read_bytes()
+    shutil.rmtree(tree)
+    return files
+
+
+def followed_in_tree(tree: Path, path: Path) -> Path | None:
+    """``path`` with its symlinks followed inside the extracted ``tree``
+    (an absolute target is the tree's); None if it ends nowhere."""
+    for _ in range(40):
+        if not path.is_symlink():
+            return path if path.is_file() else None
+        target = os.readlink(path)
+        path = tree / target.lstrip("/") if target.startswith("/") else path.parent / target
+    return None
+
+
 def kexec_crash_binary(work: Path) -> bytes:
     """The static kexec_file_load(KEXEC_FILE_ON_CRASH) program."""
     (work / "kexec-crash.c").write_text(KEXEC_CRASH_C)
@@ -124,16 +199,20 @@ def kexec_crash_binary(work: Path) -> bytes:
 def initrds(cell: Cell, work: Path) -> tuple[bytes, bytes]:
     """(the first kernel's initrd, the capture kernel's): the cell's initrd
     with the virtio disk modules; the first also carries /kdump/ (the
-    capture kernel, its initrd and kexec-crash)."""
+    capture kernel, its initrd and the loader_files)."""
     k = fetch_kernel(cell.meta["arch"], cell.meta["kernel"])
     cell_modules = [m.name for m in k.modules_in_load_order(
         ["qemu_fw_cfg", *ALL_SCENARIOS[cell.meta["scenario"]].modules])]
     capture = (cell.dir / "initrd").read_bytes() + disk_modules_cpio(k, cell_modules)
+    loader = loader_files(cell.meta["arch"], work)
     w = CpioWriter()
-    w.directory("kdump")
+    # The kernel's cpio unpacker makes no parent directories.
+    for directory in ["kdump", *sorted({f"kdump/{Path(n).parent}" for n in loader if "/" in n})]:
+        w.directory(directory)
     w.file("kdump/vmlinuz", Path(cell.meta["image"]).read_bytes(), 0o644)
     w.file("kdump/initrd", capture, 0o644)
-    w.file("kdump/kexec-crash", kexec_crash_binary(work), 0o755)
+    for name, data in loader.items():
+        w.file(f"kdump/{name}", data, 0o755)
     return capture + w.finish(), capture
 
 
@@ -159,7 +238,7 @@ def capture(cell: Cell, work: Path) -> dict:
         # the ELF header kexec_file_load builds lists the RAM of its moment
         # (6.1 has no CONFIG_CRASH_HOTPLUG, which has the kernel update it).
         reserved = g.run("cat /sys/kernel/kexec_crash_size").strip()
-        g.run(f"/kdump/kexec-crash /kdump/vmlinuz /kdump/initrd '{CAPTURE_CMDLINE}'")
+        g.run(load_script(meta["arch"], link_addresses(cell.vmlinux, ("_text",))["_text"] + g.kaslr_offset))
         loaded = g.run("cat /sys/kernel/kexec_crash_loaded").strip()
         if loaded != "1":
             raise RuntimeError(f"capture kernel not loaded (kexec_crash_loaded={loaded})")
@@ -198,8 +277,6 @@ def console_kept_on_failure(g: LiveGuest, work: Path) -> Iterator[None]:
 
 def build_proc_vmcore(arch: str, kernel: str, scenario: str) -> ProcVmcore:
     """Build (or reuse from the cache) the /proc/vmcore of a cell's guest."""
-    if arch != "x86_64":
-        raise ValueError("the kdump route is x86_64 only (see the module's docstring)")
     cell = build_cell(arch, kernel, scenario)
     name = f"{arch}-{kernel}-{scenario}-{cell.meta['package_version']}-{kdump_hash(arch, scenario)}"
     final = kdump_dir() / name
@@ -212,7 +289,7 @@ def build_proc_vmcore(arch: str, kernel: str, scenario: str) -> ProcVmcore:
                 facts = capture(cell, work)
                 (work / "kdump.json").write_text(json.dumps(
                     {"arch": arch, "kernel": kernel, "scenario": scenario, "vmlinux": str(cell.vmlinux),
-                     "cell": str(cell.dir), "capture_cmdline": CAPTURE_CMDLINE,
+                     "cell": str(cell.dir), "capture_cmdline": capture_cmdline(arch),
                      "cmdline": f"{cell.meta['cmdline']} {CRASHKERNEL}", **facts}, indent=1))
                 for leftover in ("kexec-crash", "kexec-crash.c"):
                     (work / leftover).unlink(missing_ok=True)
@@ -228,7 +305,7 @@ def build_proc_vmcore(arch: str, kernel: str, scenario: str) -> ProcVmcore:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m vmcores.kdump", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="x86_64", choices=["x86_64"])
+    parser.add_argument("--arch", default="x86_64", choices=sorted(CONSOLE))
     parser.add_argument("--kernel", required=True)
     parser.add_argument("--scenario", default="orphan")
     args = parser.parse_args(argv)

@@ -71,12 +71,18 @@ def userland_debs(arch: str) -> list[Path]:
     >>> sorted(p.name.split("_")[0] for p in userland_debs("x86_64"))[:2]   # doctest: +SKIP
     ['gcc-12-base', 'libaudit-common']
     """
+    return deb_closure(arch, (*ROOTS, *RUNTIME_ROOTS[arch]))
+
+
+def deb_closure(arch: str, roots: tuple[str, ...]) -> list[Path]:
+    """The bookworm packages of ``roots`` and their dependencies (LEFT_OUT
+    aside), downloaded once."""
     apt = bookworm(arch)
     with packages.package_lock():
         apt.ensure_lists()
         out = run(["apt-cache", *apt.options(), "depends", "--recurse", "--no-recommends", "--no-suggests",
                    "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", "--no-pre-depends",
-                   *ROOTS, *RUNTIME_ROOTS[arch]])
+                   *roots])
         names = sorted({n for n in out.splitlines() if not n.startswith((" ", "<"))} - set(LEFT_OUT))
         return [apt.download(n, apt.version(n)) for n in names]
 
