@@ -100,8 +100,8 @@ def markdown(rows: List[dict]) -> str:
              "check; `map` then writes the page); the page alone is `physmap.write` on the "
              "model read once (best of 3); Chromium is `chromium --headless --dump-dom` "
              "loading the HTML page (start-up included). Load is the 1-minute load average "
-             "when the target's measuring began: other helpers' QEMU builds share the 2 cores, "
-             "so end-to-end times above a few seconds are theirs as much as ours.", "",
+             "when the target's measuring began: other work on the 2 cores (QEMU guests, test "
+             "runs) slows the end-to-end times.", "",
              "| target | sections | blocks | findings | ranges drawn | map end to end (s) | "
              "check end to end (s) | page alone HTML / SVG (s) | HTML (KiB) | SVG (KiB) | "
              "Chromium load (s) | load |",
