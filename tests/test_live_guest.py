@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from vmcores import packages, userland
-from vmcores.scenarios import SCENARIOS, UNLINK_FUNCTION, LiveGuest, add_two_dimms
+from vmcores.scenarios import DIMM_MIB, UNLINK_FUNCTION, LiveGuest, add_two_dimms
 
 pytest.importorskip("drgn")
 pytestmark = [pytest.mark.bed, pytest.mark.slow, pytest.mark.live]
@@ -58,6 +58,37 @@ sys.stdout.write(seen.decode().replace("\r\n", "\n"))
 
 
 RUN_COMMAND = 'from drgn.commands import run_command\nrun_command(prog, "memhp check")\n'
+
+# ``%memhp watch`` typed at drgn's prompt, its output copied to a file as it
+# comes, Ctrl-C typed once a stop file appears, then exit(). The command
+# server starts this job with SIGINT ignored, which drgn would inherit.
+WATCH_AT_THE_PROMPT = r'''
+import os, pty, select, signal, sys
+out_path, stop_path = sys.argv[1:3]
+pid, fd = pty.fork()
+if pid == 0:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.execv("/usr/local/bin/drgn", ["drgn", "-q"])
+seen = b""
+def pump(timeout):
+    global seen
+    if select.select([fd], [], [], timeout)[0]:
+        data = os.read(fd, 65536)
+        seen += data
+        with open(out_path, "ab") as out:
+            out.write(data.replace(b"\r\n", b"\n"))
+def until_prompt():
+    while not (seen.endswith(b">>> ") and not select.select([fd], [], [], 2)[0]):
+        pump(2)
+until_prompt()
+os.write(fd, b"%memhp watch --json --interval 3600\n")
+while not os.path.exists(stop_path):
+    pump(0.5)
+os.write(fd, b"\x03")
+until_prompt()
+os.write(fd, b"exit()\n")
+os.waitpid(pid, 0)
+'''
 
 # Starts a program with Ctrl-C's default action: the guest's command server
 # runs ``cmd &`` in a non-interactive shell, which starts it with SIGINT
@@ -117,21 +148,22 @@ class InGuest:
         busybox's date has whole seconds only."""
         return float(self.run("/usr/bin/python3 -c 'import time; print(time.time())'")[0])
 
-    def watch_lines(self) -> list[dict]:
-        """The JSON Lines the background watch has written so far."""
-        text = self.guest.run(f"cat {userland.GUEST_ROOT}/tmp/watch.jsonl")
-        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    def watch_lines(self, name: str = "watch") -> list[dict]:
+        """The JSON Lines a background watch has written so far to /tmp/NAME.jsonl."""
+        text = self.guest.run(f"cat {userland.GUEST_ROOT}/tmp/{name}.jsonl 2>/dev/null || true")
+        # The last piece may be a line still being written.
+        return [json.loads(line) for line in text.split("\n")[:-1] if line.startswith("{")]
 
-    def wait_for_watch(self, wanted, timeout: float, count: int = 1) -> list[dict]:
-        """Poll the watch's lines until ``count`` of them satisfy ``wanted``."""
+    def wait_for_watch(self, wanted, timeout: float, count: int = 1, name: str = "watch") -> list[dict]:
+        """Poll a watch's lines until ``count`` of them satisfy ``wanted``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            lines = self.watch_lines()
+            lines = self.watch_lines(name)
             if sum(map(wanted, lines)) >= count:
                 return lines
             time.sleep(0.5)
-        raise AssertionError(f"no such watch line within {timeout} s: {self.watch_lines()}\n"
-                             + self.guest.run(f"cat {userland.GUEST_ROOT}/tmp/watch.err"))
+        raise AssertionError(f"no such watch line within {timeout} s: {self.watch_lines(name)}\n"
+                             + self.guest.run(f"cat {userland.GUEST_ROOT}/tmp/{name}.err"))
 
     def play_orphan_under_watch(self) -> dict:
         """``drgn-hotplug watch --json`` started in the guest (on its uevents),
@@ -314,3 +346,32 @@ def test_watch_on_uevents_inside_the_guest_catches_the_orphans(in_guest):
     findings = [line["finding"] for line in lines if line["change"] == "appeared"]
     assert [f for f in serious if f not in in_nomap_pages(serious, findings)] == []
     assert w["status"] == 1
+
+
+def test_memhp_watch_at_the_drgn_prompt_reports_a_hot_add(in_guest):
+    """``%memhp watch`` typed at drgn's prompt on the running kernel listens
+    to its uevents: a DIMM hot-added from the host is reported after a
+    memory uevent, nothing serious appears, and Ctrl-C gives the prompt back."""
+    g, root = in_guest.guest, userland.GUEST_ROOT
+    in_guest.write("/tmp/watch_prompt.py", WATCH_AT_THE_PROMPT)
+    command = userland.in_userland("/usr/bin/python3 /tmp/watch_prompt.py /tmp/prompt.jsonl /tmp/prompt.stop")
+    g.run(f"( {command} 2> {root}/tmp/prompt.err; echo $? > {root}/tmp/prompt.rc ) "
+          "</dev/null >/dev/null 2>&1 &")
+    in_guest.wait_for_watch(lambda line: line["event"]["source"] == "start", 600, name="prompt")
+    added = g.hot_add(0, DIMM_MIB[in_guest.kernel.arch])
+    in_guest.wait_for_watch(lambda line: line["change"] == "blocks-added" and added["blocks"][-1]
+                            in line["blocks"], 120, name="prompt")
+    g.run(f"touch {root}/tmp/prompt.stop")
+    g.wait_guest(f"test -s {root}/tmp/prompt.rc", 120)
+    typed = g.run(f"cat {root}/tmp/prompt.jsonl")
+    print(typed)  # the README's transcript (pytest -rP)
+    assert int(g.run(f"cat {root}/tmp/prompt.rc")) == 0
+    lines = in_guest.watch_lines("prompt")
+    added_lines = [line for line in lines if line["change"] == "blocks-added"
+                   and line["event"]["source"] != "start"]
+    assert sorted(b for line in added_lines for b in line["blocks"]) == added["blocks"]
+    assert all(line["event"]["source"] == "uevent" for line in added_lines)
+    assert [line for line in lines if line["change"] == "appeared" and line["severity"] in ("error", "warning")
+            and line["finding"]["kind"] not in ("unreadable", "orphaned-link")] == []
+    # Ctrl-C ended the watch, not drgn: its prompt came back.
+    assert typed.rstrip().endswith(">>>")
