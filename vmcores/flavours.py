@@ -39,8 +39,8 @@ from typing import Callable, Iterator
 
 from . import packages
 from .packages import Kernel
-from .qmp import GdbRemote
-from .scenarios import HOTPLUG_TIMEOUT_S, RETURN_NOW, LiveGuest, Scenario, add_two_dimms
+from .qmp import ChannelError, GdbRemote
+from .scenarios import RETURN_NOW, LiveGuest, Scenario, add_two_dimms
 from .truth import parse_iomem, split_sections
 
 
@@ -163,12 +163,15 @@ LEAF_SPLIT_MESSAGE = "splits a leaf entry"
 
 
 def offline_unless_refused(g: LiveGuest, block: int) -> bool:
-    """Offline ``block``; False, with the kernel's reason recorded, when it refuses."""
-    state = f"/sys/devices/system/memory/memory{block}/state"
-    if g.run(f"echo offline > {state} 2>/dev/null; cat {state}", HOTPLUG_TIMEOUT_S).strip() == "offline":
-        g.record(op="offline", block=block)
+    """Offline ``block``; False, with the kernel's reason recorded, when it
+    refuses for a leaf split (any other failure is the bed's and raises)."""
+    try:
+        g.offline(block)
         return True
-    reason = g.run(f"dmesg | grep '{LEAF_SPLIT_MESSAGE}' | tail -n 1; true").strip()
+    except ChannelError:
+        reason = g.run(f"dmesg | grep '{LEAF_SPLIT_MESSAGE}' | tail -n 1; true").strip()
+        if not reason:
+            raise
     g.record(op="offline-refused", block=block, dmesg=re.sub(r"^\[[^]]*\] ", "", reason))
     return False
 
