@@ -66,6 +66,7 @@ SEVERITIES = ("error", "warning", "info")
 HOSTILE_STRINGS = (b"\x1b[2J\x1b[H", b"\x1b]0;owned\x07", b"mem\x9b31m\x7f", b"\xff\xfe\x1b[5m",
                    b"\r\n\ttab")
 
+
 def flip_bit(data: bytes, bit: int) -> bytes:
     """``data`` with one bit inverted (bit 0 = low bit of the first byte)."""
     out = bytearray(data)
